@@ -1,0 +1,18 @@
+//! walship: a log-shipping replication sidecar for PostgreSQL.
+//!
+//! Modules follow the data's path: [`source`] tails the leader's WAL into the durable [`log`];
+//! [`admin`] serves the HTTP API; [`node`] keeps the node's role and term.
+
+pub mod admin;
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod inspect;
+pub mod localpg;
+pub mod log;
+pub mod lsn;
+pub mod node;
+pub mod sidecar;
+pub mod source;
+pub mod sql;

@@ -1,0 +1,101 @@
+//! `walship run`: one sidecar, its tasks and its shutdown.
+
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, Role};
+use crate::log::{Log, LogError, LogOptions};
+use crate::node::{NodeState, StateError};
+use crate::source::{self, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("opening the log: {0}")]
+    Log(#[from] LogError),
+    #[error("admin api on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("the {0} role is not available in this version")]
+    RoleUnavailable(&'static str),
+}
+
+/// Runs the sidecar until `shutdown` fires or a task fails fatally.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| SidecarError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let state = match NodeState::load(&config.data_dir, &config.cluster, &config.node)? {
+        Some(state) => state,
+        None => {
+            let state = NodeState::new(&config.cluster, &config.node, config.role);
+            state.save(&config.data_dir)?;
+            state
+        }
+    };
+    let log_dir = config.log_dir();
+    let options = LogOptions {
+        segment_bytes: config.log.segment_bytes,
+    };
+    let log = tokio::task::spawn_blocking(move || Log::open(&log_dir, options))
+        .await
+        .map_err(|_| LogError::Failed)??;
+    info!(node = %config.node, role = ?state.role(), term = %state.term(), last = ?log.last_written(), "sidecar starting");
+    let log = Arc::new(Mutex::new(log));
+
+    let tasks = TaskTracker::new();
+    let admin_state = Arc::new(AdminState {
+        node: config.node.clone(),
+        postgres: config.postgres.clone(),
+    });
+    let listener_addr = config.admin;
+    let listener = tokio::net::TcpListener::bind(listener_addr)
+        .await
+        .map_err(|source| SidecarError::Admin {
+            addr: listener_addr,
+            source,
+        })?;
+    let admin = tasks.spawn(admin::serve(listener, admin_state, shutdown.child_token()));
+
+    let role_result = match state.role() {
+        Role::Leader => source::run_leader(config.clone(), state, log, shutdown.clone())
+            .await
+            .map_err(SidecarError::from),
+        Role::Follower => Err(SidecarError::RoleUnavailable("follower")),
+    };
+    if let Err(e) = &role_result {
+        error!(error = %e, "sidecar stopping");
+    }
+    shutdown.cancel();
+    tasks.close();
+    let admin_result = admin.await;
+    tasks.wait().await;
+    role_result?;
+    match admin_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(SidecarError::Admin {
+            addr: listener_addr,
+            source,
+        }),
+        Err(_) => Err(SidecarError::Admin {
+            addr: listener_addr,
+            source: std::io::Error::other("admin task panicked"),
+        }),
+    }
+}

@@ -1,0 +1,326 @@
+//! Turns the leader's pgoutput stream into log records (no I/O).
+//!
+//! Each committed transaction becomes one entry. Its items are appended as they arrive; once
+//! the open transaction holds more than `spill_bytes`, the items so far leave as a chunk
+//! record, so a transaction of any size passes in bounded memory. Relation and Type messages
+//! are remembered per replication session and copied into every entry that uses them, which
+//! makes entries self-contained (see `crate::log::entry`).
+//!
+//! Resuming: everything that starts before `resume_after` (the last logged entry's `end_lsn`)
+//! is already in the log and is skipped, so a stream restarted from the slot's
+//! `confirmed_flush_lsn` adds no duplicate.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::log::entry::{self, EntryHeader, EntryKind, HEADER_BYTES};
+use crate::lsn::{EntryId, Index, Lsn, Term};
+use crate::source::pgoutput::{self, DecodeError, Message};
+
+/// Default size beyond which an open transaction is spilled as a chunk record.
+pub const DEFAULT_SPILL_BYTES: usize = 4 << 20;
+
+/// A record ready for the log.
+#[derive(Debug)]
+pub enum Output {
+    Chunk { id: EntryId, payload: Bytes },
+    Entry { id: EntryId, payload: Bytes, end_lsn: Lsn },
+}
+
+impl Output {
+    pub fn len(&self) -> usize {
+        match self {
+            Output::Chunk { payload, .. } | Output::Entry { payload, .. } => payload.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("malformed pgoutput message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("change to relation {0} before its Relation message")]
+    UnknownRelation(u32),
+    #[error("{0} outside a transaction")]
+    OutsideTransaction(&'static str),
+    #[error("Begin inside an open transaction")]
+    NestedBegin,
+}
+
+struct OpenTxn {
+    index: Index,
+    final_lsn: Lsn,
+    xid: u32,
+    /// Starts with HEADER_BYTES reserved for the entry header, unless a chunk already left.
+    buf: BytesMut,
+    spilled: bool,
+    /// Relations (and their types) already copied into this entry.
+    relations_in: Vec<u32>,
+    types_in: Vec<u32>,
+    /// The stream re-sent a transaction the log already holds.
+    skip: bool,
+}
+
+pub struct EntryBuilder {
+    term: Term,
+    next_index: Index,
+    resume_after: Lsn,
+    spill_bytes: usize,
+    relations: HashMap<u32, Bytes>,
+    types: HashMap<u32, Bytes>,
+    txn: Option<OpenTxn>,
+}
+
+impl EntryBuilder {
+    pub fn new(term: Term, next_index: Index, resume_after: Lsn, spill_bytes: usize) -> Self {
+        EntryBuilder {
+            term,
+            next_index,
+            resume_after,
+            spill_bytes: spill_bytes.max(HEADER_BYTES + 1),
+            relations: HashMap::new(),
+            types: HashMap::new(),
+            txn: None,
+        }
+    }
+
+    /// Where a new replication stream must start: everything before is logged or queued.
+    pub fn resume_after(&self) -> Lsn {
+        self.resume_after
+    }
+
+    /// Forgets the session state of a broken stream. Returns true when chunks of the
+    /// unfinished transaction already left: the log must drop them.
+    pub fn reset_stream(&mut self) -> bool {
+        self.relations.clear();
+        self.types.clear();
+        self.txn.take().is_some_and(|t| t.spilled && !t.skip)
+    }
+
+    /// Takes one pgoutput message (an XLogData payload) and appends any finished records.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Output>) -> Result<(), BuildError> {
+        match pgoutput::decode(data)? {
+            Message::Begin { final_lsn, xid, .. } => self.begin(final_lsn, xid),
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => self.commit(commit_lsn, end_lsn, commit_time, out),
+            Message::Relation(rel) => {
+                self.relations.insert(rel.rel_id, Bytes::copy_from_slice(data));
+                // A changed definition must be copied again before the next change.
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.relations_in.retain(|&r| r != rel.rel_id);
+                }
+                Ok(())
+            }
+            Message::Type { oid, .. } => {
+                self.types.insert(oid, Bytes::copy_from_slice(data));
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.types_in.retain(|&t| t != oid);
+                }
+                Ok(())
+            }
+            Message::Insert { rel_id, .. } | Message::Update { rel_id, .. } | Message::Delete { rel_id, .. } => {
+                self.change(&[rel_id], data, out)
+            }
+            Message::Truncate { rel_ids, .. } => {
+                let ids: Vec<u32> = rel_ids.collect();
+                self.change(&ids, data, out)
+            }
+            Message::Origin { .. } => Ok(()),
+            Message::Message {
+                transactional: true, ..
+            } => self.change(&[], data, out),
+            Message::Message {
+                transactional: false,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.standalone_message(lsn, prefix, content, data, out);
+                Ok(())
+            }
+        }
+    }
+
+    fn begin(&mut self, final_lsn: Lsn, xid: u32) -> Result<(), BuildError> {
+        if self.txn.is_some() {
+            return Err(BuildError::NestedBegin);
+        }
+        let skip = final_lsn < self.resume_after;
+        let mut buf = BytesMut::with_capacity(if skip { 0 } else { 64 * 1024 });
+        if !skip {
+            buf.resize(HEADER_BYTES, 0);
+        }
+        self.txn = Some(OpenTxn {
+            index: self.next_index,
+            final_lsn,
+            xid,
+            buf,
+            spilled: false,
+            relations_in: Vec::new(),
+            types_in: Vec::new(),
+            skip,
+        });
+        Ok(())
+    }
+
+    fn change(&mut self, rel_ids: &[u32], data: &[u8], out: &mut Vec<Output>) -> Result<(), BuildError> {
+        let txn = self.txn.as_mut().ok_or(BuildError::OutsideTransaction("change"))?;
+        if txn.skip {
+            return Ok(());
+        }
+        for &rel_id in rel_ids {
+            if !txn.relations_in.contains(&rel_id) {
+                let relation = self.relations.get(&rel_id).ok_or(BuildError::UnknownRelation(rel_id))?;
+                copy_relation(txn, relation, &self.types)?;
+            }
+        }
+        entry::push_item(&mut txn.buf, data);
+        if txn.buf.len() >= self.spill_bytes {
+            let id = EntryId {
+                term: self.term,
+                index: txn.index,
+            };
+            let mut payload = txn.buf.split();
+            if !txn.spilled {
+                payload.advance(HEADER_BYTES); // the header goes with the closing record
+            }
+            out.push(Output::Chunk {
+                id,
+                payload: payload.freeze(),
+            });
+            txn.spilled = true;
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), BuildError> {
+        let mut txn = self.txn.take().ok_or(BuildError::OutsideTransaction("Commit"))?;
+        if txn.skip {
+            return Ok(());
+        }
+        if txn.spilled {
+            // The header was not kept in front of the spilled items: put it before the rest.
+            let mut with_header = BytesMut::with_capacity(HEADER_BYTES + txn.buf.len());
+            with_header.resize(HEADER_BYTES, 0);
+            with_header.extend_from_slice(&txn.buf);
+            txn.buf = with_header;
+        }
+        debug_assert!(commit_lsn >= txn.final_lsn || commit_lsn == Lsn::ZERO);
+        let header = EntryHeader {
+            kind: EntryKind::Transaction,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+            xid: txn.xid,
+        };
+        header.write_into(&mut txn.buf);
+        let id = EntryId {
+            term: self.term,
+            index: txn.index,
+        };
+        out.push(Output::Entry {
+            id,
+            payload: txn.buf.freeze(),
+            end_lsn,
+        });
+        self.resume_after = end_lsn;
+        self.next_index = self.next_index.next();
+        Ok(())
+    }
+
+    fn standalone_message(&mut self, lsn: Lsn, prefix: &str, content: &[u8], data: &[u8], out: &mut Vec<Output>) {
+        // PostgreSQL gives a message the LSN where its WAL record ends, which may be exactly
+        // where the next transaction's commit record starts.
+        if lsn <= self.resume_after {
+            return;
+        }
+        let (kind, commit_time) = match (prefix, parse_heartbeat(content)) {
+            (entry::HEARTBEAT_PREFIX, Some(beat)) => (EntryKind::Heartbeat, beat.emitted_pg_micros),
+            _ => (EntryKind::Message, crate::source::conn::now_pg_micros()),
+        };
+        let end_lsn = lsn;
+        let mut buf = BytesMut::with_capacity(HEADER_BYTES + 4 + data.len());
+        buf.resize(HEADER_BYTES, 0);
+        entry::push_item(&mut buf, data);
+        EntryHeader {
+            kind,
+            commit_lsn: lsn,
+            end_lsn,
+            commit_time,
+            xid: 0,
+        }
+        .write_into(&mut buf);
+        let id = EntryId {
+            term: self.term,
+            index: self.next_index,
+        };
+        out.push(Output::Entry {
+            id,
+            payload: buf.freeze(),
+            end_lsn,
+        });
+        self.resume_after = end_lsn;
+        self.next_index = self.next_index.next();
+    }
+}
+
+fn copy_relation(txn: &mut OpenTxn, relation: &Bytes, types: &HashMap<u32, Bytes>) -> Result<(), BuildError> {
+    let Message::Relation(rel) = pgoutput::decode(relation)? else {
+        return Ok(());
+    };
+    for column in rel.columns() {
+        if let Some(type_msg) = types.get(&column.type_oid) {
+            if !txn.types_in.contains(&column.type_oid) {
+                entry::push_item(&mut txn.buf, type_msg);
+                txn.types_in.push(column.type_oid);
+            }
+        }
+    }
+    entry::push_item(&mut txn.buf, relation);
+    txn.relations_in.push(rel.rel_id);
+    Ok(())
+}
+
+/// What a walship heartbeat message says: `"<node> <term> <unix micros>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub node: String,
+    pub term: Term,
+    pub emitted_pg_micros: i64,
+}
+
+pub fn heartbeat_content(node: &str, term: Term, unix_micros: i64) -> String {
+    format!("{node} {term} {unix_micros}")
+}
+
+pub fn parse_heartbeat(content: &[u8]) -> Option<Heartbeat> {
+    let text = std::str::from_utf8(content).ok()?;
+    let mut parts = text.split(' ');
+    let node = parts.next()?.to_owned();
+    let term = Term(parts.next()?.parse().ok()?);
+    let unix: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let emitted_pg_micros = unix.checked_sub(crate::source::conn::PG_EPOCH_OFFSET_MICROS)?;
+    Some(Heartbeat {
+        node,
+        term,
+        emitted_pg_micros,
+    })
+}

@@ -1,0 +1,587 @@
+//! A PostgreSQL replication connection (`replication=database`), spoken directly on
+//! postgres-protocol's message codecs: tokio-postgres has no replication mode.
+//!
+//! The connection reads the server in large batches: [`ReplConnection::fill`] pulls whatever the
+//! socket holds (up to [`READ_CHUNK_BYTES`] at a time) and [`ReplConnection::try_next_copy`]
+//! hands out the buffered CopyData messages without further I/O. Every frame's length is checked
+//! against [`MAX_BACKEND_MESSAGE_BYTES`] before anything is buffered for it.
+
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, UnixStream};
+use tokio_postgres::config::Host;
+
+use crate::lsn::Lsn;
+
+/// Largest backend message accepted. PostgreSQL values are at most 1 GiB; a row carrying one
+/// plus protocol overhead fits.
+pub const MAX_BACKEND_MESSAGE_BYTES: usize = (1 << 30) + (1 << 20);
+/// Bytes asked of the socket per read.
+pub const READ_CHUNK_BYTES: usize = 4 << 20;
+/// Kernel receive buffer requested for the replication socket.
+pub const SOCKET_RECV_BUFFER_BYTES: u32 = 8 << 20;
+/// How long connecting and authenticating may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    #[error("cannot reach PostgreSQL at {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connection to PostgreSQL lost: {0}")]
+    Io(#[from] io::Error),
+    #[error("PostgreSQL closed the replication connection")]
+    Closed,
+    #[error("timed out connecting to PostgreSQL at {0}")]
+    Timeout(String),
+    #[error("PostgreSQL {severity} {code}: {message}")]
+    Server {
+        severity: String,
+        code: String,
+        message: String,
+    },
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("backend message of {len} bytes exceeds the {MAX_BACKEND_MESSAGE_BYTES}-byte limit")]
+    TooLarge { len: usize },
+    #[error("connection settings: {0}")]
+    Config(String),
+}
+
+impl ReplError {
+    /// SQLSTATE of a server error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ReplError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// One CopyData message of a running replication stream.
+#[derive(Debug)]
+pub enum CopyMessage {
+    /// `w`: a piece of decoded WAL.
+    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    /// `k`: the server's keepalive.
+    Keepalive { wal_end: Lsn, reply_requested: bool },
+}
+
+/// The result of `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`.
+#[derive(Debug, Clone)]
+pub struct CreatedSlot {
+    pub slot_name: String,
+    pub consistent_point: Lsn,
+    /// Valid only while this connection stays open and idle.
+    pub snapshot_name: String,
+}
+
+/// The result of `IDENTIFY_SYSTEM`.
+#[derive(Debug, Clone)]
+pub struct SystemId {
+    pub system_id: String,
+    pub timeline: u32,
+    pub wal_flush: Lsn,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+enum Frame {
+    CopyData(Bytes),
+    CopyBothResponse,
+    Other(backend::Message),
+}
+
+pub struct ReplConnection {
+    stream: Box<dyn Stream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    streaming: bool,
+}
+
+impl ReplConnection {
+    /// Connects with `replication=database` and authenticates (trust, password, md5, SCRAM).
+    pub async fn connect(config: &tokio_postgres::Config, application_name: &str) -> Result<Self, ReplError> {
+        let addr = describe_target(config);
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(config, application_name))
+            .await
+            .map_err(|_| ReplError::Timeout(addr))?
+    }
+
+    async fn connect_inner(config: &tokio_postgres::Config, application_name: &str) -> Result<Self, ReplError> {
+        let stream = open_stream(config).await?;
+        let mut conn = ReplConnection {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            streaming: false,
+        };
+        let user = config
+            .get_user()
+            .ok_or_else(|| ReplError::Config("no user given".into()))?;
+        let dbname = config.get_dbname().unwrap_or(user);
+        let params = [
+            ("user", user),
+            ("database", dbname),
+            ("replication", "database"),
+            ("application_name", application_name),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.wbuf)?;
+        conn.send().await?;
+        conn.authenticate(user, config.get_password()).await?;
+        conn.wait_ready().await?;
+        Ok(conn)
+    }
+
+    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), ReplError> {
+        let need_password = || ReplError::Auth("the server asks for a password and none is configured".into());
+        loop {
+            match self.read_other().await? {
+                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password.ok_or_else(need_password)?, &mut self.wbuf)?;
+                    self.send().await?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf)?;
+                    self.send().await?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut scram = false;
+                    while let Some(m) = mechanisms.next()? {
+                        scram |= m == SCRAM_SHA_256;
+                    }
+                    if !scram {
+                        return Err(ReplError::Auth(
+                            "server offers no SASL mechanism walship supports".into(),
+                        ));
+                    }
+                    self.scram(password.ok_or_else(need_password)?).await?;
+                }
+                backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+                _ => return Err(ReplError::Auth("unsupported authentication method".into())),
+            }
+        }
+    }
+
+    async fn scram(&mut self, password: &[u8]) -> Result<(), ReplError> {
+        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.wbuf)?;
+        self.send().await?;
+        match self.read_other().await? {
+            backend::Message::AuthenticationSaslContinue(body) => scram.update(body.data())?,
+            backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+            _ => return Err(ReplError::Auth("unexpected message during SCRAM exchange".into())),
+        }
+        frontend::sasl_response(scram.message(), &mut self.wbuf)?;
+        self.send().await?;
+        match self.read_other().await? {
+            backend::Message::AuthenticationSaslFinal(body) => scram.finish(body.data())?,
+            backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+            _ => return Err(ReplError::Auth("unexpected message finishing SCRAM exchange".into())),
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), ReplError> {
+        loop {
+            match self.read_other().await? {
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one command with the simple query protocol and returns its rows as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ReplError> {
+        frontend::query(sql, &mut self.wbuf)?;
+        self.send().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.read_other().await? {
+                backend::Message::DataRow(row) => rows.push(text_row(&row)?),
+                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemId, ReplError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = single_row(&rows, 3)?;
+        Ok(SystemId {
+            system_id: field(row, 0)?.to_owned(),
+            timeline: field(row, 1)?
+                .parse()
+                .map_err(|_| ReplError::Protocol("IDENTIFY_SYSTEM timeline is not a number".into()))?,
+            wal_flush: parse_lsn(field(row, 2)?)?,
+        })
+    }
+
+    /// Creates a logical slot for pgoutput and exports its snapshot. `slot` must be a valid
+    /// slot name (lowercase letters, digits, underscores).
+    pub async fn create_slot(&mut self, slot: &str, temporary: bool) -> Result<CreatedSlot, ReplError> {
+        let temp = if temporary { " TEMPORARY" } else { "" };
+        let sql = format!("CREATE_REPLICATION_SLOT {slot}{temp} LOGICAL pgoutput EXPORT_SNAPSHOT");
+        let rows = self.simple_query(&sql).await?;
+        let row = single_row(&rows, 3)?;
+        Ok(CreatedSlot {
+            slot_name: field(row, 0)?.to_owned(),
+            consistent_point: parse_lsn(field(row, 1)?)?,
+            snapshot_name: field(row, 2)?.to_owned(),
+        })
+    }
+
+    /// Starts streaming `slot` from `start` with pgoutput protocol version 1.
+    pub async fn start_replication(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<(), ReplError> {
+        let publication = publication.replace('\'', "''").replace('"', "\"\"");
+        let sql = format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {start} \
+             (proto_version '1', publication_names '\"{publication}\"', messages 'true')"
+        );
+        frontend::query(&sql, &mut self.wbuf)?;
+        self.send().await?;
+        loop {
+            match self.read_frame().await? {
+                Frame::CopyBothResponse => break,
+                Frame::Other(backend::Message::ErrorResponse(body)) => {
+                    let err = server_error(&body);
+                    self.wait_ready().await?;
+                    return Err(err);
+                }
+                Frame::Other(_) => {}
+                Frame::CopyData(_) => return Err(ReplError::Protocol("CopyData before CopyBothResponse".into())),
+            }
+        }
+        self.streaming = true;
+        Ok(())
+    }
+
+    /// The next buffered replication message, without I/O. `Ok(None)`: call [`Self::fill`].
+    pub fn try_next_copy(&mut self) -> Result<Option<CopyMessage>, ReplError> {
+        match self.try_frame()? {
+            None => Ok(None),
+            Some(Frame::CopyData(data)) => parse_copy_data(data).map(Some),
+            Some(Frame::Other(backend::Message::ErrorResponse(body))) => Err(server_error(&body)),
+            Some(Frame::Other(backend::Message::CopyDone)) => Err(ReplError::Closed),
+            Some(Frame::Other(_)) => Ok(None),
+            Some(Frame::CopyBothResponse) => Err(ReplError::Protocol("repeated CopyBothResponse".into())),
+        }
+    }
+
+    /// Reads what the socket holds into the buffer. Cancel-safe: when dropped before it
+    /// completes, nothing was read.
+    pub async fn fill(&mut self) -> Result<(), ReplError> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK_BYTES / 4 {
+            self.rbuf.reserve(READ_CHUNK_BYTES);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await? {
+            0 => Err(ReplError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends a standby status update: `written`, `flushed` and `applied` are WAL positions,
+    /// and `flushed` must already be durable in walship's log.
+    pub async fn send_status(
+        &mut self,
+        written: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+        reply: bool,
+    ) -> Result<(), ReplError> {
+        let mut msg = BytesMut::with_capacity(34);
+        msg.put_u8(b'r');
+        msg.put_u64(written.0);
+        msg.put_u64(flushed.0);
+        msg.put_u64(applied.0);
+        msg.put_i64(now_pg_micros());
+        msg.put_u8(u8::from(reply));
+        frontend::CopyData::new(msg.freeze())?.write(&mut self.wbuf);
+        self.send().await
+    }
+
+    /// Ends the stream politely (CopyDone + Terminate). Errors are ignored: the server may
+    /// already be gone.
+    pub async fn close(mut self) {
+        if self.streaming {
+            frontend::copy_done(&mut self.wbuf);
+        }
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.send().await;
+    }
+
+    async fn send(&mut self) -> Result<(), ReplError> {
+        self.stream.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, ReplError> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn read_other(&mut self) -> Result<backend::Message, ReplError> {
+        match self.read_frame().await? {
+            Frame::Other(m) => Ok(m),
+            Frame::CopyData(_) | Frame::CopyBothResponse => Err(ReplError::Protocol("unexpected copy message".into())),
+        }
+    }
+
+    fn try_frame(&mut self) -> Result<Option<Frame>, ReplError> {
+        let Some(header) = self.rbuf.get(..5) else {
+            return Ok(None);
+        };
+        let tag = header[0];
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len < 4 {
+            return Err(ReplError::Protocol(format!("message length {len} below 4")));
+        }
+        if len > MAX_BACKEND_MESSAGE_BYTES {
+            return Err(ReplError::TooLarge { len });
+        }
+        let total = len + 1;
+        if self.rbuf.len() < total {
+            self.rbuf.reserve(total - self.rbuf.len());
+            return Ok(None);
+        }
+        let mut frame = self.rbuf.split_to(total);
+        match tag {
+            b'd' => {
+                frame.advance(5);
+                Ok(Some(Frame::CopyData(frame.freeze())))
+            }
+            b'W' => Ok(Some(Frame::CopyBothResponse)),
+            _ => match backend::Message::parse(&mut frame)? {
+                Some(m) => Ok(Some(Frame::Other(m))),
+                None => Err(ReplError::Protocol("incomplete backend message".into())),
+            },
+        }
+    }
+}
+
+fn parse_copy_data(mut data: Bytes) -> Result<CopyMessage, ReplError> {
+    let short = || ReplError::Protocol("truncated replication message".into());
+    match data.first().copied() {
+        Some(b'w') if data.len() >= 25 => {
+            data.advance(1);
+            let wal_start = Lsn(data.get_u64());
+            let wal_end = Lsn(data.get_u64());
+            data.advance(8); // send time
+            Ok(CopyMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            })
+        }
+        Some(b'k') if data.len() >= 18 => {
+            data.advance(1);
+            let wal_end = Lsn(data.get_u64());
+            data.advance(8);
+            Ok(CopyMessage::Keepalive {
+                wal_end,
+                reply_requested: data.get_u8() == 1,
+            })
+        }
+        Some(b'w') | Some(b'k') => Err(short()),
+        Some(tag) => Err(ReplError::Protocol(format!(
+            "unknown replication message tag {tag:#04x}"
+        ))),
+        None => Err(short()),
+    }
+}
+
+async fn open_stream(config: &tokio_postgres::Config) -> Result<Box<dyn Stream>, ReplError> {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let host = config
+        .get_hosts()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| Host::Tcp("127.0.0.1".to_owned()));
+    match host {
+        Host::Tcp(name) => {
+            let addr = format!("{name}:{port}");
+            let connect_err = |source| ReplError::Connect {
+                addr: addr.clone(),
+                source,
+            };
+            let mut last = None;
+            for sockaddr in tokio::net::lookup_host(&addr).await.map_err(connect_err)? {
+                let socket = if sockaddr.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                };
+                let socket = socket.map_err(connect_err)?;
+                // Best effort: the kernel may cap it, which only costs throughput.
+                let _ = socket.set_recv_buffer_size(SOCKET_RECV_BUFFER_BYTES);
+                match socket.connect(sockaddr).await {
+                    Ok(stream) => {
+                        stream.set_nodelay(true).map_err(connect_err)?;
+                        return Ok(Box::new(stream));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let source = last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"));
+            Err(connect_err(source))
+        }
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            let stream = UnixStream::connect(&path).await.map_err(|source| ReplError::Connect {
+                addr: path.display().to_string(),
+                source,
+            })?;
+            Ok(Box::new(stream))
+        }
+    }
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => format!("{h}:{port}"),
+        Some(Host::Unix(p)) => format!("{}/.s.PGSQL.{port}", p.display()),
+        None => format!("127.0.0.1:{port}"),
+    }
+}
+
+fn server_error(body: &backend::ErrorResponseBody) -> ReplError {
+    let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'S' => severity = value,
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    ReplError::Server {
+        severity,
+        code,
+        message,
+    }
+}
+
+fn text_row(row: &backend::DataRowBody) -> Result<Vec<Option<String>>, ReplError> {
+    let buf = row.buffer();
+    let mut out = Vec::new();
+    let mut ranges = row.ranges();
+    while let Some(range) = ranges.next()? {
+        out.push(match range {
+            None => None,
+            Some(r) => {
+                let bytes = buf
+                    .get(r)
+                    .ok_or_else(|| ReplError::Protocol("DataRow range out of bounds".into()))?;
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn single_row(rows: &[Vec<Option<String>>], min_fields: usize) -> Result<&[Option<String>], ReplError> {
+    match rows {
+        [row] if row.len() >= min_fields => Ok(row),
+        _ => Err(ReplError::Protocol(format!(
+            "expected one row of at least {min_fields} fields"
+        ))),
+    }
+}
+
+fn field(row: &[Option<String>], i: usize) -> Result<&str, ReplError> {
+    row.get(i)
+        .and_then(|f| f.as_deref())
+        .ok_or_else(|| ReplError::Protocol(format!("field {i} is missing or null")))
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, ReplError> {
+    text.parse()
+        .map_err(|_| ReplError::Protocol(format!("invalid LSN {text:?}")))
+}
+
+/// Now, in PostgreSQL's microseconds since 2000-01-01.
+pub fn now_pg_micros() -> i64 {
+    unix_micros_now() - PG_EPOCH_OFFSET_MICROS
+}
+
+pub fn unix_micros_now() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_data_parses_xlogdata_and_keepalive() {
+        let mut w = BytesMut::new();
+        w.put_u8(b'w');
+        w.put_u64(0x10);
+        w.put_u64(0x20);
+        w.put_i64(0);
+        w.put_slice(b"payload");
+        match parse_copy_data(w.freeze()).unwrap() {
+            CopyMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+            } => {
+                assert_eq!((wal_start, wal_end), (Lsn(0x10), Lsn(0x20)));
+                assert_eq!(&data[..], b"payload");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut k = BytesMut::new();
+        k.put_u8(b'k');
+        k.put_u64(0x30);
+        k.put_i64(0);
+        k.put_u8(1);
+        assert!(matches!(
+            parse_copy_data(k.freeze()).unwrap(),
+            CopyMessage::Keepalive {
+                wal_end: Lsn(0x30),
+                reply_requested: true
+            }
+        ));
+    }
+
+    #[test]
+    fn truncated_or_unknown_copy_data_is_an_error() {
+        for bad in [&b""[..], b"w", b"k\0\0", b"x123"] {
+            assert!(parse_copy_data(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The leader side: tail PostgreSQL's WAL through logical decoding into the durable log.
+//!
+//! ```text
+//! PostgreSQL --pgoutput--> stream (this task) --batches--> writer thread --fsync--> log
+//!     ^                                                          |
+//!     +------- standby status: flushed = durable end_lsn <--------+
+//! ```
+//!
+//! The stream task reads the socket in large batches, turns messages into records
+//! ([`builder`]) and hands them to the [`writer`], which group-commits. The flush position sent
+//! to PostgreSQL is always the `end_lsn` of the last entry the writer fsynced. When the
+//! connection breaks the task reconnects with backoff and resumes just after the last entry it
+//! built; PostgreSQL resends from the slot's confirmed position and the builder skips what the
+//! log already has.
+
+pub mod builder;
+pub mod conn;
+pub mod heartbeat;
+pub mod pgoutput;
+pub mod setup;
+pub mod writer;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::ErrorClass;
+use crate::log::entry::{EntryError, EntryHeader};
+use crate::log::{Log, LogError, RecordKind};
+use crate::lsn::{EntryId, Index, Lsn};
+use crate::node::{NodeState, StateError};
+use builder::{BuildError, EntryBuilder, Output};
+use conn::{CopyMessage, ReplConnection, ReplError};
+use writer::{Durable, WriteCmd, Writer};
+
+/// Records gathered from the socket before they are handed to the writer.
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Standby status is sent at least this often, well inside PostgreSQL's default 60 s
+/// `wal_sender_timeout`.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("replication connection: {0}")]
+    Repl(#[from] ReplError),
+    #[error("sql: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    #[error("decoding: {0}")]
+    Build(#[from] BuildError),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the log writer stopped")]
+    WriterGone,
+    #[error("entry {0} in the log: {1}")]
+    Entry(EntryId, EntryError),
+    #[error("cannot start the log writer: {0}")]
+    Thread(std::io::Error),
+}
+
+impl SourceError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::Repl(e) => match e {
+                ReplError::Connect { .. } | ReplError::Io(_) | ReplError::Closed | ReplError::Timeout(_) => {
+                    ErrorClass::Retry
+                }
+                ReplError::Server { code, .. } => ErrorClass::of_sqlstate(code),
+                ReplError::Auth(_) | ReplError::Config(_) => ErrorClass::Operator,
+                ReplError::Protocol(_) | ReplError::TooLarge { .. } => ErrorClass::Retry,
+            },
+            SourceError::Sql(e) => match e.code() {
+                Some(code) => ErrorClass::of_sqlstate(code.code()),
+                None => ErrorClass::Retry,
+            },
+            SourceError::Build(_) => ErrorClass::Operator,
+            SourceError::Setup(_) => ErrorClass::Operator,
+            SourceError::Log(_)
+            | SourceError::State(_)
+            | SourceError::WriterGone
+            | SourceError::Entry(..)
+            | SourceError::Thread(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// Where the log ends: the next index and the WAL position to resume after.
+pub fn log_position(log: &Log, consistent_point: Lsn) -> Result<(Index, Durable), SourceError> {
+    let Some(last) = log.last_written() else {
+        let next = log.first_index().unwrap_or(Index(1));
+        return Ok((
+            next,
+            Durable {
+                last: None,
+                end_lsn: consistent_point,
+            },
+        ));
+    };
+    let mut reader = log.reader(last.index)?;
+    while let Some(record) = reader.next()? {
+        if matches!(record.kind, RecordKind::Entry) && record.id == last {
+            let header = EntryHeader::decode(&record.payload).map_err(|e| SourceError::Entry(last, e))?;
+            let end_lsn = header.end_lsn.max(consistent_point);
+            return Ok((
+                last.index.next(),
+                Durable {
+                    last: Some(last),
+                    end_lsn,
+                },
+            ));
+        }
+    }
+    Err(SourceError::Log(LogError::BeyondEnd {
+        requested: last.index,
+        next: last.index,
+    }))
+}
+
+/// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`.
+pub async fn run_leader(
+    config: Arc<Config>,
+    mut state: NodeState,
+    log: Arc<Mutex<Log>>,
+    cancel: CancellationToken,
+) -> Result<(), SourceError> {
+    let term = state.term();
+    let span = info_span!("source", node = %config.node, term = %term);
+    async move {
+        let mut backoff = Backoff::default();
+        // First start: the publication and slot must exist before anything is streamed.
+        let leader = loop {
+            match prepare(&config, &mut state).await {
+                Ok(leader) => break leader,
+                Err(e) => wait_or_fail(e, &mut backoff, &cancel).await?,
+            }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+        };
+        let consistent_point = leader.consistent_point();
+        let (next_index, durable) = {
+            let log = log.lock().map_err(|_| LogError::Failed)?;
+            log_position(&log, consistent_point)?
+        };
+        info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
+        let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE_BATCHES);
+        let (writer_thread, durable_rx) = Writer::spawn(log, durable, rx).map_err(SourceError::Thread)?;
+        let heartbeat = tokio::spawn(heartbeat::run(
+            config.postgres.clone(),
+            config.node.clone(),
+            term,
+            config.source.heartbeat_interval,
+            cancel.child_token(),
+        ));
+        let mut builder = EntryBuilder::new(term, next_index, durable.end_lsn, config.source.spill_bytes);
+        let result = stream_with_retries(&config, &leader.slot, &mut builder, &tx, durable_rx, &cancel).await;
+        drop(tx);
+        heartbeat.abort();
+        let written = tokio::task::spawn_blocking(move || writer_thread.join())
+            .await
+            .map_err(|_| SourceError::WriterGone)?;
+        match written {
+            Ok(Ok(())) => result,
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(SourceError::WriterGone),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn prepare(config: &Config, state: &mut NodeState) -> Result<crate::node::LeaderState, SourceError> {
+    let client = crate::sql::connect(&config.postgres).await?;
+    setup::ensure_publication(&client, &config.source.publication).await?;
+    let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
+    let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, &config.data_dir).await?;
+    repl.close().await;
+    Ok(leader)
+}
+
+fn application_name(config: &Config) -> String {
+    format!("walship_{}", config.node)
+}
+
+async fn stream_with_retries(
+    config: &Config,
+    slot: &str,
+    builder: &mut EntryBuilder,
+    writer: &mpsc::Sender<WriteCmd>,
+    mut durable: watch::Receiver<Durable>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut backoff = Backoff::default();
+    loop {
+        let start = builder.resume_after();
+        let result = async {
+            let mut conn = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
+            conn.start_replication(slot, start, &config.source.publication).await?;
+            info!(start_lsn = %start, "streaming");
+            backoff.reset();
+            stream(&mut conn, builder, writer, &mut durable, cancel).await?;
+            conn.close().await;
+            Ok::<(), SourceError>(())
+        }
+        .await;
+        if builder.reset_stream() && writer.send(WriteCmd::DropUnfinished).await.is_err() {
+            return Err(SourceError::WriterGone);
+        }
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => wait_or_fail(e, &mut backoff, cancel).await?,
+        }
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+/// Logs a failed attempt and waits before the next one; fatal errors end the source.
+async fn wait_or_fail(e: SourceError, backoff: &mut Backoff, cancel: &CancellationToken) -> Result<(), SourceError> {
+    let delay = match e.class() {
+        ErrorClass::Fatal => return Err(e),
+        ErrorClass::Retry => {
+            let delay = backoff.next_delay();
+            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "leader source interrupted");
+            delay
+        }
+        ErrorClass::Operator => {
+            let delay = backoff.operator_delay();
+            error!(error = %e, retry_in_ms = delay.as_millis() as u64, "leader source needs an operator");
+            delay
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+    Ok(())
+}
+
+/// Streams until cancelled or the connection fails.
+async fn stream(
+    conn: &mut ReplConnection,
+    builder: &mut EntryBuilder,
+    writer: &mpsc::Sender<WriteCmd>,
+    durable: &mut watch::Receiver<Durable>,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut batch: Vec<Output> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut reported = Lsn::ZERO;
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut force_status = false;
+    loop {
+        while let Some(message) = conn.try_next_copy()? {
+            match message {
+                CopyMessage::XLogData { data, .. } => {
+                    let before = batch.len();
+                    builder.push(&data, &mut batch)?;
+                    batch_bytes += batch[before..].iter().map(Output::len).sum::<usize>();
+                    if batch_bytes >= BATCH_BYTES {
+                        send_batch(writer, &mut batch, &mut batch_bytes).await?;
+                    }
+                }
+                CopyMessage::Keepalive { reply_requested, .. } => force_status |= reply_requested,
+            }
+        }
+        send_batch(writer, &mut batch, &mut batch_bytes).await?;
+        let flushed = durable.borrow_and_update().end_lsn;
+        if force_status || flushed > reported {
+            conn.send_status(flushed, flushed, flushed, false).await?;
+            reported = flushed;
+            force_status = false;
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            changed = durable.changed() => changed.map_err(|_| SourceError::WriterGone)?,
+            _ = status_tick.tick() => force_status = true,
+            filled = conn.fill() => filled?,
+        }
+    }
+}
+
+async fn send_batch(
+    writer: &mpsc::Sender<WriteCmd>,
+    batch: &mut Vec<Output>,
+    bytes: &mut usize,
+) -> Result<(), SourceError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    *bytes = 0;
+    writer
+        .send(WriteCmd::Records(std::mem::take(batch)))
+        .await
+        .map_err(|_| SourceError::WriterGone)
+}

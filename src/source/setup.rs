@@ -1,0 +1,132 @@
+//! Preparing the leader's PostgreSQL: the publication, and the slot with its consistent point.
+
+use std::path::Path;
+
+use tracing::{info, warn};
+
+use crate::config::SourceSettings;
+use crate::node::{LeaderState, NodeState};
+use crate::source::conn::{ReplConnection, SystemId};
+use crate::source::SourceError;
+
+/// Creates the publication (all tables) when missing, and warns about published tables whose
+/// UPDATEs and DELETEs PostgreSQL would reject for lack of a replica identity.
+pub async fn ensure_publication(client: &tokio_postgres::Client, publication: &str) -> Result<(), SourceError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await?
+        .is_some();
+    if !exists {
+        let sql = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
+        client.batch_execute(&sql).await?;
+        info!(publication, "created publication for all tables");
+    }
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', p.schemaname, p.tablename)
+               FROM pg_publication_tables p
+               JOIN pg_namespace n ON n.nspname = p.schemaname
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+              WHERE p.pubname = $1
+                AND (c.relreplident = 'n'
+                     OR (c.relreplident = 'd' AND NOT EXISTS (
+                           SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+              ORDER BY 1",
+            &[&publication],
+        )
+        .await?;
+    let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if !tables.is_empty() {
+        warn!(
+            tables = %tables.join(", "),
+            "published tables without a primary key or replica identity: PostgreSQL will reject their \
+             UPDATEs and DELETEs; add a primary key or set REPLICA IDENTITY FULL / USING INDEX"
+        );
+    }
+    Ok(())
+}
+
+/// Makes sure this node's slot exists. On first start the slot is created with an exported
+/// snapshot and its consistent point is recorded in `state.json` before anything is streamed;
+/// afterwards the slot must still be there and belong to the same PostgreSQL system.
+pub async fn ensure_slot(
+    repl: &mut ReplConnection,
+    client: &tokio_postgres::Client,
+    state: &mut NodeState,
+    settings: &SourceSettings,
+    data_dir: &Path,
+) -> Result<LeaderState, SourceError> {
+    let system = repl.identify_system().await?;
+    if let Some(leader) = &state.leader {
+        check_existing(client, leader, &system).await?;
+        return Ok(leader.clone());
+    }
+    // No record of a slot: one of our name can only be left from a start that crashed before
+    // recording it, so nothing was ever streamed from it.
+    let stale = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&settings.slot],
+        )
+        .await?;
+    match stale {
+        Some(row) if row.get::<_, bool>(0) => {
+            return Err(SourceError::Setup(format!(
+                "slot {} exists and is in use by another process, but this data_dir never recorded it: \
+                 stop the other consumer or set source.slot",
+                settings.slot
+            )))
+        }
+        Some(_) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&settings.slot])
+                .await?;
+            info!(slot = %settings.slot, "dropped unrecorded slot left by an interrupted start");
+        }
+        None => {}
+    }
+    let created = repl.create_slot(&settings.slot, false).await?;
+    let leader = LeaderState {
+        slot: created.slot_name,
+        publication: settings.publication.clone(),
+        system_id: system.system_id,
+        consistent_point: created.consistent_point.to_string(),
+    };
+    state.leader = Some(leader.clone());
+    state.save(data_dir)?;
+    info!(slot = %leader.slot, consistent_point = %leader.consistent_point, "created replication slot");
+    Ok(leader)
+}
+
+async fn check_existing(
+    client: &tokio_postgres::Client,
+    leader: &LeaderState,
+    system: &SystemId,
+) -> Result<(), SourceError> {
+    if leader.system_id != system.system_id {
+        return Err(SourceError::Setup(format!(
+            "PostgreSQL system identifier is {} but this data_dir was set up on {}: the database was \
+             replaced; start from an empty data_dir",
+            system.system_id, leader.system_id
+        )));
+    }
+    let slot = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&leader.slot],
+        )
+        .await?;
+    if slot.is_none() {
+        return Err(SourceError::Setup(format!(
+            "replication slot {} is gone, so changes since the log's end may be lost: \
+             start this node from an empty data_dir (and re-seed its followers)",
+            leader.slot
+        )));
+    }
+    Ok(())
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,109 @@
+//! The log writer: one thread that appends what the source built and group-commits it.
+//!
+//! The source sends batches of records through a bounded channel; the writer appends every
+//! batch waiting, fsyncs once, and only then publishes the new durable position. That position
+//! is what the source reports to PostgreSQL as flushed, so nothing is confirmed before it is
+//! on disk.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::log::{Log, LogError};
+use crate::lsn::{EntryId, Index, Lsn};
+use crate::source::builder::Output;
+
+/// Batches that may wait for the writer; with the source's batch size this bounds the memory
+/// between network and disk.
+pub const WRITE_QUEUE_BATCHES: usize = 8;
+/// Bytes appended before the writer stops gathering and fsyncs.
+pub const GROUP_COMMIT_BYTES: usize = 32 << 20;
+
+pub enum WriteCmd {
+    Records(Vec<Output>),
+    /// The stream broke inside a spilled transaction: drop its chunks, it will be sent again.
+    DropUnfinished,
+}
+
+/// The last entry that is durable in the log, and the leader WAL position just past it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub last: Option<EntryId>,
+    pub end_lsn: Lsn,
+}
+
+/// The writer thread; joining it gives the error that stopped it, if any.
+pub type WriterThread = JoinHandle<Result<(), LogError>>;
+
+pub struct Writer {
+    log: Arc<Mutex<Log>>,
+    durable: watch::Sender<Durable>,
+    written_end: Lsn,
+}
+
+impl Writer {
+    /// Starts the writer thread. It ends when every sender is dropped (after a last fsync) or
+    /// at the first log error.
+    pub fn spawn(
+        log: Arc<Mutex<Log>>,
+        start: Durable,
+        rx: mpsc::Receiver<WriteCmd>,
+    ) -> std::io::Result<(WriterThread, watch::Receiver<Durable>)> {
+        let (durable, durable_rx) = watch::channel(start);
+        let writer = Writer {
+            log,
+            durable,
+            written_end: start.end_lsn,
+        };
+        let handle = std::thread::Builder::new()
+            .name("walship-log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((handle, durable_rx))
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
+        while let Some(first) = rx.blocking_recv() {
+            let shared = Arc::clone(&self.log);
+            let mut log = shared.lock().map_err(|_| LogError::Failed)?;
+            let mut bytes = self.apply(&mut log, first)?;
+            while bytes < GROUP_COMMIT_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => bytes += self.apply(&mut log, cmd)?,
+                    Err(_) => break,
+                }
+            }
+            let last = log.flush()?;
+            drop(log);
+            self.durable.send_replace(Durable {
+                last,
+                end_lsn: self.written_end,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, log: &mut Log, cmd: WriteCmd) -> Result<usize, LogError> {
+        match cmd {
+            WriteCmd::Records(records) => {
+                let mut bytes = 0;
+                for record in records {
+                    bytes += record.len();
+                    match record {
+                        Output::Chunk { id, payload } => log.append_chunk(id, &payload)?,
+                        Output::Entry { id, payload, end_lsn } => {
+                            log.append_entry(id, &payload)?;
+                            self.written_end = end_lsn;
+                        }
+                    }
+                }
+                Ok(bytes)
+            }
+            WriteCmd::DropUnfinished => {
+                // Keeps every complete entry; drops the chunks after them.
+                log.truncate_after(log.last_written().map_or(Index(0), |last| last.index))?;
+                Ok(0)
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Shared test support: sidecar processes beside throw-away PostgreSQL instances
+//! (`walship::localpg`), and reading the log through `walship inspect --json`.
+
+#![allow(dead_code, clippy::unwrap_used)] // test support: a failed step is a failed test
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walship::localpg::Instance;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `walship run` process with its own data_dir; its stderr goes to `log_path`.
+pub struct Sidecar {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub admin_port: u16,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl Sidecar {
+    /// Writes a leader configuration for `pg` into `dir` (extra TOML is appended).
+    pub fn leader(dir: &Path, node: &str, pg: &Instance, extra: &str) -> Sidecar {
+        fs::create_dir_all(dir).unwrap();
+        let admin_port = free_port();
+        let relay_port = free_port();
+        let config = format!(
+            "node = \"{node}\"\ncluster = \"test\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"leader\"\n\
+             listen = \"127.0.0.1:{relay_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{extra}\n",
+            dir.join("data").display(),
+            pg.conninfo("postgres"),
+        );
+        let config_path = dir.join("walship.toml");
+        fs::write(&config_path, config).unwrap();
+        Sidecar {
+            dir: dir.into(),
+            config_path,
+            admin_port,
+            log_path: dir.join("sidecar.log"),
+            child: None,
+            restarts: 0,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "sidecar already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("WALSHIP_LOG", "info,walship=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sidecar not running").id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            self.restarts += 1;
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "sidecar exited with {status}; log:\n{}",
+                        self.log_tail()
+                    );
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("sidecar did not stop on SIGTERM; log:\n{}", self.log_tail());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Fails on any ERROR line in the sidecar's log.
+    pub fn assert_no_errors(&self) {
+        let text = self.log_text();
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(
+            errors.is_empty(),
+            "unexpected errors in the sidecar log:\n{}",
+            errors.join("\n")
+        );
+    }
+
+    /// The log's entries as `walship inspect --json` prints them.
+    pub fn inspect(&self) -> Vec<serde_json::Value> {
+        inspect(&self.data_dir())
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+pub fn inspect(data_dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["inspect", "--json"])
+        .arg(data_dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    BufReader::new(&out.stdout[..])
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("inspect printed invalid JSON"))
+        .collect()
+}
+
+/// HTTP GET on loopback without a client library: returns the status code and the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
