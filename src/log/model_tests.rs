@@ -299,7 +299,7 @@ impl Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1500))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn log_matches_model_across_crashes(
@@ -369,7 +369,7 @@ fn read_everything(reader: Result<LogReader, LogError>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn damaged_segments_never_panic(

@@ -215,6 +215,11 @@ impl LogReader {
             let reason = format!("sealed segment ends inside entry {open}");
             return Err(LogError::corrupt(&path, end, reason));
         }
+        if self.seq.next_index() <= cur.first {
+            // Also what keeps a reader from entering the same segment again and again.
+            let reason = "sealed segment holds no complete entry";
+            return Err(LogError::corrupt(&path, end, reason));
+        }
         self.position = Position::Between {
             prev: path,
             prev_end: end,

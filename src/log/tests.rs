@@ -578,3 +578,17 @@ fn reader_is_send() {
     assert_send::<LogReader>();
     assert_send::<Log>();
 }
+
+#[test]
+fn sealed_segment_without_records_is_corruption_not_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), opts(1)).unwrap();
+    append_entries(&mut log, 1, 1..=3, 10);
+    log.flush().unwrap();
+    drop(log);
+    let first = segment_files(dir.path())[0].clone();
+    set_len(&first, SEGMENT_HEADER_LEN);
+    let mut reader = LogReader::open_offline(dir.path(), Index(1)).unwrap();
+    assert_corrupt(reader.next().err().unwrap(), &first, SEGMENT_HEADER_LEN);
+    assert_corrupt(Log::open(dir.path(), opts(1)).err().unwrap(), &first, 0);
+}
