@@ -30,6 +30,8 @@ pub enum SidecarError {
     },
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("data_dir {0} is in use by another walship process")]
+    DataDirInUse(std::path::PathBuf),
     #[error("the {0} role is not available in this version")]
     RoleUnavailable(&'static str),
 }
@@ -41,6 +43,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         path: config.data_dir.clone(),
         source,
     })?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let state = match NodeState::load(&config.data_dir, &config.cluster, &config.node)? {
         Some(state) => state,
         None => {
@@ -97,5 +100,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
             addr: listener_addr,
             source: std::io::Error::other("admin task panicked"),
         }),
+    }
+}
+
+/// Holds an exclusive lock on `data_dir/walship.lock` for as long as the returned file lives,
+/// so two sidecars never write one log.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, SidecarError> {
+    let path = data_dir.join("walship.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SidecarError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SidecarError::DataDirInUse(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(SidecarError::DataDir { path, source }),
     }
 }

@@ -185,3 +185,82 @@ fn an_idle_leader_keeps_positions_moving_with_heartbeats() {
     assert!(beats >= 2, "expected heartbeat entries, got {beats}");
     sidecar.assert_no_errors();
 }
+
+fn logged_ids(sidecar: &Sidecar) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for e in sidecar.inspect() {
+        for change in e["changes"].as_array().unwrap() {
+            if change["table"] == "public.t" && change["op"] == "insert" {
+                ids.push(change["new"]["id"].as_str().unwrap().parse().unwrap());
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_postgresql_restart_underneath_is_ridden_out() {
+    let mut pg = Instance::start(Options::default()).unwrap();
+    pg.psql("postgres", "CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
+    sidecar.start();
+    wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    pg.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)")
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the first rows", || {
+        logged_ids(&sidecar).len() == 100
+    });
+
+    for mode in [walship::localpg::StopMode::Fast, walship::localpg::StopMode::Immediate] {
+        pg.stop(mode).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, _) = http_get(sidecar.admin_port, "/health").unwrap();
+        assert_eq!(code, 503, "health must fail while PostgreSQL is down");
+        pg.start_again().unwrap();
+        let before = logged_ids(&sidecar).len() as i64;
+        pg.psql(
+            "postgres",
+            &format!("INSERT INTO t SELECT generate_series({}, {})", before + 1, before + 100),
+        )
+        .unwrap();
+        wait_until(Duration::from_secs(30), "rows after the restart", || {
+            logged_ids(&sidecar).len() as i64 == before + 100
+        });
+    }
+    sidecar.stop();
+    let ids = logged_ids(&sidecar);
+    assert_eq!(ids, (1..=300).collect::<Vec<u64>>(), "every row once, in order");
+    let text = sidecar.log_text();
+    assert!(
+        text.contains("leader source interrupted"),
+        "the restart went unnoticed:\n{text}"
+    );
+    sidecar.assert_no_errors();
+}
+
+#[test]
+fn a_second_sidecar_on_the_same_data_dir_is_refused() {
+    let pg = Instance::start(Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Sidecar::leader(dir.path(), "a", &pg, "");
+    first.start();
+    wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    let second_dir = dir.path().join("second");
+    let second = Sidecar::leader(&second_dir, "a", &pg, "");
+    let config = std::fs::read_to_string(&second.config_path).unwrap().replace(
+        &second_dir.join("data").display().to_string(),
+        &first.data_dir().display().to_string(),
+    );
+    std::fs::write(&second.config_path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["run", "--config"])
+        .arg(&second.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another walship process"), "{stderr}");
+    first.stop();
+    first.assert_no_errors();
+}

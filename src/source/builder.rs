@@ -324,3 +324,251 @@ pub fn parse_heartbeat(content: &[u8]) -> Option<Heartbeat> {
         emitted_pg_micros,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BufMut;
+
+    use super::*;
+    use crate::log::entry::{chunk_items, decode_entry};
+
+    fn begin(final_lsn: u64, xid: u32) -> Vec<u8> {
+        let mut b = vec![b'B'];
+        b.put_u64(final_lsn);
+        b.put_i64(0);
+        b.put_u32(xid);
+        b
+    }
+
+    fn commit(commit_lsn: u64, end_lsn: u64) -> Vec<u8> {
+        let mut b = vec![b'C', 0];
+        b.put_u64(commit_lsn);
+        b.put_u64(end_lsn);
+        b.put_i64(77);
+        b
+    }
+
+    fn relation(id: u32, name: &str) -> Vec<u8> {
+        let mut b = vec![b'R'];
+        b.put_u32(id);
+        b.put_slice(b"public\0");
+        b.put_slice(name.as_bytes());
+        b.put_slice(&[0, b'd']);
+        b.put_u16(1);
+        b.put_slice(&[1, b'i', b'd', 0]);
+        b.put_u32(23);
+        b.put_i32(-1);
+        b
+    }
+
+    fn insert(id: u32, value: &str) -> Vec<u8> {
+        let mut b = vec![b'I'];
+        b.put_u32(id);
+        b.put_u8(b'N');
+        b.put_u16(1);
+        b.put_u8(b't');
+        b.put_u32(value.len() as u32);
+        b.put_slice(value.as_bytes());
+        b
+    }
+
+    fn message(transactional: bool, lsn: u64, prefix: &str, content: &str) -> Vec<u8> {
+        let mut b = vec![b'M', u8::from(transactional)];
+        b.put_u64(lsn);
+        b.put_slice(prefix.as_bytes());
+        b.put_u8(0);
+        b.put_u32(content.len() as u32);
+        b.put_slice(content.as_bytes());
+        b
+    }
+
+    fn push_all(builder: &mut EntryBuilder, messages: &[Vec<u8>]) -> Vec<Output> {
+        let mut out = Vec::new();
+        for m in messages {
+            builder.push(m, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn entry(output: &Output) -> (EntryId, EntryHeader, Vec<Vec<u8>>) {
+        let Output::Entry { id, payload, .. } = output else {
+            panic!("expected an entry, got {output:?}")
+        };
+        let (header, items) = decode_entry(payload).unwrap();
+        (*id, header, items.map(|i| i.unwrap().to_vec()).collect())
+    }
+
+    #[test]
+    fn a_transaction_becomes_one_self_contained_entry() {
+        let mut b = EntryBuilder::new(Term(3), Index(10), Lsn(0x100), DEFAULT_SPILL_BYTES);
+        let out = push_all(
+            &mut b,
+            &[
+                relation(5, "t"),
+                begin(0x200, 9),
+                insert(5, "1"),
+                insert(5, "2"),
+                commit(0x200, 0x230),
+            ],
+        );
+        assert_eq!(out.len(), 1);
+        let (id, header, items) = entry(&out[0]);
+        assert_eq!(
+            id,
+            EntryId {
+                term: Term(3),
+                index: Index(10)
+            }
+        );
+        assert_eq!(
+            (header.kind, header.commit_lsn, header.end_lsn, header.xid),
+            (EntryKind::Transaction, Lsn(0x200), Lsn(0x230), 9)
+        );
+        assert_eq!(items, vec![relation(5, "t"), insert(5, "1"), insert(5, "2")]);
+        assert_eq!(b.resume_after(), Lsn(0x230));
+        // The next transaction carries the relation again and takes the next index.
+        let out = push_all(&mut b, &[begin(0x240, 10), insert(5, "3"), commit(0x240, 0x260)]);
+        let (id, _, items) = entry(&out[0]);
+        assert_eq!(id.index, Index(11));
+        assert_eq!(items, vec![relation(5, "t"), insert(5, "3")]);
+    }
+
+    #[test]
+    fn what_the_log_has_is_skipped_after_a_restart() {
+        let mut b = EntryBuilder::new(Term(1), Index(4), Lsn(0x300), DEFAULT_SPILL_BYTES);
+        let resent = [
+            relation(5, "t"),
+            begin(0x200, 9),
+            insert(5, "old"),
+            commit(0x200, 0x300),
+            message(false, 0x300, HEARTBEAT_TEST_PREFIX, "a 1 1700000000000000"),
+        ];
+        assert!(push_all(&mut b, &resent).is_empty());
+        // A heartbeat's LSN is where its record ends: a commit may start exactly there.
+        let out = push_all(
+            &mut b,
+            &[
+                message(false, 0x340, HEARTBEAT_TEST_PREFIX, "a 1 1700000000000000"),
+                begin(0x340, 11),
+                insert(5, "new"),
+                commit(0x340, 0x380),
+            ],
+        );
+        assert_eq!(out.len(), 2);
+        let (beat_id, beat, _) = entry(&out[0]);
+        assert_eq!(
+            (beat_id.index, beat.kind, beat.end_lsn),
+            (Index(4), EntryKind::Heartbeat, Lsn(0x340))
+        );
+        assert_eq!(
+            beat.commit_time,
+            1_700_000_000_000_000 - crate::source::conn::PG_EPOCH_OFFSET_MICROS
+        );
+        let (txn_id, txn, items) = entry(&out[1]);
+        assert_eq!((txn_id.index, txn.commit_lsn), (Index(5), Lsn(0x340)));
+        assert_eq!(items, vec![relation(5, "t"), insert(5, "new")]);
+    }
+
+    const HEARTBEAT_TEST_PREFIX: &str = crate::log::entry::HEARTBEAT_PREFIX;
+
+    #[test]
+    fn a_large_transaction_leaves_in_chunks_with_the_header_last() {
+        let mut b = EntryBuilder::new(Term(1), Index(1), Lsn(0), 200);
+        let mut messages = vec![relation(5, "t"), begin(0x100, 3)];
+        let values: Vec<String> = (0..40).map(|i| format!("value-{i:04}")).collect();
+        messages.extend(values.iter().map(|v| insert(5, v)));
+        messages.push(commit(0x100, 0x900));
+        let out = push_all(&mut b, &messages);
+        assert!(out.len() > 3, "expected chunks, got {} records", out.len());
+        let mut items = Vec::new();
+        for chunk in &out[..out.len() - 1] {
+            let Output::Chunk { id, payload } = chunk else {
+                panic!("expected a chunk")
+            };
+            assert_eq!(id.index, Index(1));
+            assert!(payload.len() < 400);
+            items.extend(chunk_items(payload).map(|i| i.unwrap().to_vec()));
+        }
+        let (_, header, last) = entry(out.last().unwrap());
+        assert_eq!(header.end_lsn, Lsn(0x900));
+        items.extend(last);
+        let mut expected = vec![relation(5, "t")];
+        expected.extend(values.iter().map(|v| insert(5, v)));
+        assert_eq!(items, expected);
+        assert!(!b.reset_stream(), "nothing open after the commit");
+    }
+
+    #[test]
+    fn a_broken_stream_inside_a_spilled_transaction_asks_to_drop_its_chunks() {
+        let mut b = EntryBuilder::new(Term(1), Index(1), Lsn(0), 100);
+        let mut messages = vec![relation(5, "t"), begin(0x100, 3)];
+        messages.extend((0..20).map(|i| insert(5, &format!("{i:020}"))));
+        let out = push_all(&mut b, &messages);
+        assert!(!out.is_empty());
+        assert!(b.reset_stream());
+        // The relation cache belonged to the old session.
+        let mut out = Vec::new();
+        b.push(&begin(0x100, 3), &mut out).unwrap();
+        assert!(matches!(
+            b.push(&insert(5, "x"), &mut out),
+            Err(BuildError::UnknownRelation(5))
+        ));
+    }
+
+    #[test]
+    fn a_relation_redefined_inside_a_transaction_is_copied_again() {
+        let mut b = EntryBuilder::new(Term(1), Index(1), Lsn(0), DEFAULT_SPILL_BYTES);
+        let out = push_all(
+            &mut b,
+            &[
+                relation(5, "t"),
+                begin(0x100, 3),
+                insert(5, "1"),
+                relation(5, "t2"),
+                insert(5, "2"),
+                commit(0x100, 0x200),
+            ],
+        );
+        let (_, _, items) = entry(&out[0]);
+        assert_eq!(
+            items,
+            vec![relation(5, "t"), insert(5, "1"), relation(5, "t2"), insert(5, "2")]
+        );
+    }
+
+    #[test]
+    fn out_of_place_messages_are_errors() {
+        let mut b = EntryBuilder::new(Term(1), Index(1), Lsn(0), DEFAULT_SPILL_BYTES);
+        let mut out = Vec::new();
+        assert!(matches!(
+            b.push(&insert(5, "1"), &mut out),
+            Err(BuildError::OutsideTransaction(_))
+        ));
+        assert!(matches!(
+            b.push(&commit(1, 2), &mut out),
+            Err(BuildError::OutsideTransaction(_))
+        ));
+        b.push(&begin(0x100, 1), &mut out).unwrap();
+        assert!(matches!(
+            b.push(&begin(0x100, 1), &mut out),
+            Err(BuildError::NestedBegin)
+        ));
+        assert!(matches!(
+            b.push(&insert(5, "1"), &mut out),
+            Err(BuildError::UnknownRelation(5))
+        ));
+        assert!(matches!(b.push(b"Z", &mut out), Err(BuildError::Decode(_))));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn heartbeat_content_round_trips() {
+        let text = heartbeat_content("node-1", Term(4), 1_800_000_000_000_000);
+        let beat = parse_heartbeat(text.as_bytes()).unwrap();
+        assert_eq!(beat.node, "node-1");
+        assert_eq!(beat.term, Term(4));
+        for bad in ["", "a", "a 1", "a x 5", "a 1 5 extra", "a 1 -9223372036854775808"] {
+            assert_eq!(parse_heartbeat(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+}
