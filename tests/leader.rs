@@ -264,3 +264,51 @@ fn a_second_sidecar_on_the_same_data_dir_is_refused() {
     first.stop();
     first.assert_no_errors();
 }
+
+#[test]
+fn a_corrupt_log_is_reported_with_file_and_offset() {
+    let pg = Instance::start(Options::default()).unwrap();
+    pg.psql("postgres", "CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
+    sidecar.start();
+    wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    for i in 0..20 {
+        pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})")).unwrap();
+    }
+    wait_until(Duration::from_secs(20), "the rows", || logged_ids(&sidecar).len() == 20);
+    sidecar.stop();
+
+    let segment = std::fs::read_dir(sidecar.data_dir().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["inspect", "--json"])
+        .arg(sidecar.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "inspect read a corrupt log without complaint");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("corrupt") && stderr.contains(&segment.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("offset"), "{stderr}");
+
+    // The sidecar refuses to run on it rather than repairing it by dropping entries.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["run", "--config"])
+        .arg(&sidecar.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("corrupt log segment"), "{stderr}");
+}

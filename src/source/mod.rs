@@ -134,10 +134,15 @@ pub async fn run_leader(
     let term = state.term();
     let span = info_span!("source", node = %config.node, term = %term);
     async move {
+        let (next_index, mut durable) = {
+            let log = log.lock().map_err(|_| LogError::Failed)?;
+            log_position(&log, Lsn::ZERO)?
+        };
+        let log_end = durable.last.map(|_| durable.end_lsn);
         let mut backoff = Backoff::default();
         // First start: the publication and slot must exist before anything is streamed.
         let leader = loop {
-            match prepare(&config, &mut state).await {
+            match prepare(&config, &mut state, log_end).await {
                 Ok(leader) => break leader,
                 Err(e) => wait_or_fail(e, &mut backoff, &cancel).await?,
             }
@@ -145,11 +150,7 @@ pub async fn run_leader(
                 return Ok(());
             }
         };
-        let consistent_point = leader.consistent_point();
-        let (next_index, durable) = {
-            let log = log.lock().map_err(|_| LogError::Failed)?;
-            log_position(&log, consistent_point)?
-        };
+        durable.end_lsn = durable.end_lsn.max(leader.consistent_point());
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE_BATCHES);
         let (writer_thread, durable_rx) = Writer::spawn(log, durable, rx).map_err(SourceError::Thread)?;
@@ -177,11 +178,15 @@ pub async fn run_leader(
     .await
 }
 
-async fn prepare(config: &Config, state: &mut NodeState) -> Result<crate::node::LeaderState, SourceError> {
+async fn prepare(
+    config: &Config,
+    state: &mut NodeState,
+    log_end: Option<Lsn>,
+) -> Result<crate::node::LeaderState, SourceError> {
     let client = crate::sql::connect(&config.postgres).await?;
     setup::ensure_publication(&client, &config.source.publication).await?;
     let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
-    let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, &config.data_dir).await?;
+    let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, &config.data_dir, log_end).await?;
     repl.close().await;
     Ok(leader)
 }

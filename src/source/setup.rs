@@ -5,6 +5,7 @@ use std::path::Path;
 use tracing::{info, warn};
 
 use crate::config::SourceSettings;
+use crate::lsn::Lsn;
 use crate::node::{LeaderState, NodeState};
 use crate::source::conn::{ReplConnection, SystemId};
 use crate::source::SourceError;
@@ -55,10 +56,11 @@ pub async fn ensure_slot(
     state: &mut NodeState,
     settings: &SourceSettings,
     data_dir: &Path,
+    log_end: Option<Lsn>,
 ) -> Result<LeaderState, SourceError> {
     let system = repl.identify_system().await?;
     if let Some(leader) = &state.leader {
-        check_existing(client, leader, &system).await?;
+        check_existing(client, leader, &system, log_end).await?;
         return Ok(leader.clone());
     }
     // No record of a slot: one of our name can only be left from a start that crashed before
@@ -102,6 +104,7 @@ async fn check_existing(
     client: &tokio_postgres::Client,
     leader: &LeaderState,
     system: &SystemId,
+    log_end: Option<Lsn>,
 ) -> Result<(), SourceError> {
     if leader.system_id != system.system_id {
         return Err(SourceError::Setup(format!(
@@ -112,18 +115,29 @@ async fn check_existing(
     }
     let slot = client
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
             &[&leader.slot],
         )
         .await?;
-    if slot.is_none() {
+    let Some(slot) = slot else {
         return Err(SourceError::Setup(format!(
             "replication slot {} is gone, so changes since the log's end may be lost: \
              start this node from an empty data_dir (and re-seed its followers)",
             leader.slot
         )));
+    };
+    let confirmed: Option<Lsn> = slot.get::<_, Option<String>>(0).and_then(|t| t.parse().ok());
+    let log_end = log_end.unwrap_or_else(|| leader.consistent_point());
+    match confirmed {
+        // walship reports a position only once it is fsynced: a log that ends before it lost
+        // entries PostgreSQL will never send again.
+        Some(confirmed) if confirmed > log_end => Err(SourceError::Setup(format!(
+            "the log ends at {log_end} but slot {} confirmed {confirmed}: entries already \
+             acknowledged to PostgreSQL are missing from the log (was data_dir restored or damaged?)",
+            leader.slot
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Quotes an SQL identifier.
