@@ -66,7 +66,7 @@ fn a_two_gigabyte_transaction_streams_in_bounded_memory() {
         .trim()
         .parse()
         .unwrap();
-    eprintln!("committed {} MB in {:.1?}", ROWS * ROW_BYTES >> 20, started.elapsed());
+    eprintln!("committed {} MB in {:.1?}", (ROWS * ROW_BYTES) >> 20, started.elapsed());
     wait_until(Duration::from_secs(1800), "the sidecar to log the transaction", || {
         confirmed() >= end
     });
