@@ -23,6 +23,14 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// One way of reaching PostgreSQL, measured for both consumers.
+struct Transport {
+    name: &'static str,
+    /// libpq `host`: 127.0.0.1 or the socket directory.
+    host: String,
+    node: &'static str,
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for the list of tests; there are none.
@@ -34,28 +42,27 @@ fn main() {
         ("checkpoint_timeout".to_owned(), "30min".to_owned()),
         ("logical_decoding_work_mem".to_owned(), "256MB".to_owned()),
     ];
-    let pg = Instance::start(Options {
-        settings,
-        ..Options::default()
-    })
-    .expect("start PostgreSQL");
+    let pg = Instance::start(Options { settings, ..Options::default() }).expect("start PostgreSQL");
     let dir = tempfile::tempdir().expect("temp dir");
-    pg.psql(
-        "postgres",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, qty int NOT NULL, note text NOT NULL)",
-    )
-    .expect("create table");
+    pg.psql("postgres", "CREATE TABLE bench (id bigint PRIMARY KEY, qty int NOT NULL, note text NOT NULL)")
+        .expect("create table");
+    let transports = [
+        Transport { name: "tcp", host: pg.host().to_owned(), node: "a" },
+        Transport { name: "unix", host: pg.socket_dir().display().to_string(), node: "b" },
+    ];
 
-    // walship's slot and publication: start the sidecar once and stop it.
-    let config = write_config(dir.path(), &pg);
-    let mut sidecar = start_sidecar(&config, dir.path());
-    wait_for(Duration::from_secs(30), || confirmed(&pg, "walship_a") > Lsn::ZERO);
-    stop(&mut sidecar);
-    pg.psql(
-        "postgres",
-        "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')",
-    )
-    .expect("create recvlogical slot");
+    // Every consumer gets its own slot before the workload, so each drains the same WAL.
+    let mut configs = Vec::new();
+    for t in &transports {
+        let config = write_config(&dir.path().join(t.node), &pg, t);
+        let mut sidecar = start_sidecar(&config);
+        let slot = format!("walship_{}", t.node);
+        wait_for(Duration::from_secs(30), || confirmed(&pg, &slot) > Lsn::ZERO);
+        stop(&mut sidecar);
+        pg.psql("postgres", &format!("SELECT pg_create_logical_replication_slot('recv_{}', 'pgoutput')", t.name))
+            .expect("create recvlogical slot");
+        configs.push(config);
+    }
 
     let started = Instant::now();
     let workload = format!(
@@ -65,50 +72,50 @@ fn main() {
         rows.div_ceil(txn_rows) - 1
     );
     pg.psql("postgres", &workload).expect("workload");
-    let end: Lsn = pg
-        .psql("postgres", "SELECT pg_current_wal_lsn()")
-        .expect("lsn")
-        .trim()
-        .parse()
-        .expect("lsn");
-    println!(
-        "workload: {rows} inserts in transactions of {txn_rows}, committed in {:.1?}",
-        started.elapsed()
-    );
+    let end: Lsn = pg.psql("postgres", "SELECT pg_current_wal_lsn()").expect("lsn").trim().parse().expect("lsn");
+    println!("workload: {rows} inserts in transactions of {txn_rows}, committed in {:.1?}", started.elapsed());
 
-    let recv = time_recvlogical(&pg, end);
-    let recv_rate = rows as f64 / recv.as_secs_f64();
-    println!("pg_recvlogical:   {recv:>8.2?}  {recv_rate:>12.0} changes/s");
+    for (t, config) in transports.iter().zip(&configs) {
+        let recv = time_recvlogical(&pg, t, end);
+        let recv_rate = rows as f64 / recv.as_secs_f64();
+        println!("[{}] pg_recvlogical:    {recv:>8.2?}  {recv_rate:>10.0} changes/s", t.name);
 
-    let started = Instant::now();
-    let mut sidecar = start_sidecar(&config, dir.path());
-    wait_for(Duration::from_secs(600), || confirmed(&pg, "walship_a") >= end);
-    let walship = started.elapsed();
-    stop(&mut sidecar);
-    let walship_rate = rows as f64 / walship.as_secs_f64();
-    println!("walship (fsynced): {walship:>8.2?}  {walship_rate:>12.0} changes/s");
-    println!("ratio walship / pg_recvlogical: {:.2}", walship_rate / recv_rate);
+        let started = Instant::now();
+        let mut sidecar = start_sidecar(config);
+        let slot = format!("walship_{}", t.node);
+        wait_for(Duration::from_secs(600), || confirmed(&pg, &slot) >= end);
+        let walship = started.elapsed();
+        let cpu = cpu_seconds(sidecar.id());
+        stop(&mut sidecar);
+        let walship_rate = rows as f64 / walship.as_secs_f64();
+        println!(
+            "[{}] walship (fsynced): {walship:>8.2?}  {walship_rate:>10.0} changes/s  (sidecar cpu {cpu:.2}s)",
+            t.name
+        );
+        println!("[{}] ratio walship / pg_recvlogical: {:.2}", t.name, walship_rate / recv_rate);
+    }
 }
 
-fn write_config(dir: &Path, pg: &Instance) -> std::path::PathBuf {
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+fn write_config(dir: &Path, pg: &Instance, transport: &Transport) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("config dir");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let text = format!(
-        "node = \"a\"\ncluster = \"bench\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"leader\"\n\
+        "node = \"{}\"\ncluster = \"bench\"\ndata_dir = \"{}\"\n\
+         postgres = \"host={} port={} user=postgres dbname=postgres\"\nrole = \"leader\"\n\
          listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{admin}\"\n",
+        transport.node,
         dir.join("data").display(),
-        pg.conninfo("postgres")
+        transport.host,
+        pg.port()
     );
     let path = dir.join("walship.toml");
     std::fs::write(&path, text).expect("write config");
     path
 }
 
-fn start_sidecar(config: &Path, dir: &Path) -> std::process::Child {
-    let log = std::fs::File::create(dir.join("sidecar.log")).expect("log file");
+fn start_sidecar(config: &Path) -> std::process::Child {
+    let log_path = config.with_file_name("sidecar.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_walship"))
         .args(["run", "--config"])
         .arg(config)
@@ -123,20 +130,13 @@ fn stop(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-fn time_recvlogical(pg: &Instance, end: Lsn) -> Duration {
+fn time_recvlogical(pg: &Instance, transport: &Transport, end: Lsn) -> Duration {
     let started = Instant::now();
+    let slot = format!("recv_{}", transport.name);
     let status = pg
         .command("pg_recvlogical")
-        .args([
-            "-d",
-            "postgres",
-            "--slot",
-            "bench_recv",
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
+        .env("PGHOST", &transport.host)
+        .args(["-d", "postgres", "--slot", &slot, "--start", "--no-loop", "-f", "/dev/null"])
         .args(["-o", "proto_version=1", "-o", "publication_names=walship"])
         .arg(format!("--endpos={end}"))
         .status()
@@ -161,4 +161,14 @@ fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// User plus system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    ticks / 100.0
 }

@@ -15,14 +15,8 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        Backoff {
-            next: BACKOFF_MIN,
-            seed: u64::from(nanos) | 1,
-        }
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        Backoff { next: BACKOFF_MIN, seed: u64::from(nanos) | 1 }
     }
 }
 
@@ -62,10 +56,7 @@ mod tests {
     fn grows_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::default();
         let first = b.next_delay();
-        assert!(
-            first >= BACKOFF_MIN * 3 / 4 && first <= BACKOFF_MIN * 5 / 4,
-            "{first:?}"
-        );
+        assert!(first >= BACKOFF_MIN * 3 / 4 && first <= BACKOFF_MIN * 5 / 4, "{first:?}");
         for _ in 0..20 {
             let d = b.next_delay();
             assert!(d <= BACKOFF_MAX * 5 / 4, "{d:?}");

@@ -14,11 +14,7 @@ pub enum ConfigError {
     #[error("{path}: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path}: {key}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        reason: String,
-    },
+    Invalid { path: PathBuf, key: &'static str, reason: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,23 +139,13 @@ fn default_admin() -> String {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Config::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })?;
-        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
-            path: path.into(),
-            key,
-            reason,
-        };
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
         check_name(&raw.node).map_err(|r| invalid("node", r))?;
         check_name(&raw.cluster).map_err(|r| invalid("cluster", r))?;
         let postgres =
@@ -170,31 +156,15 @@ impl Config {
         let role = match raw.role.as_str() {
             "leader" => Role::Leader,
             "follower" => Role::Follower,
-            other => {
-                return Err(invalid(
-                    "role",
-                    format!("{other:?} is neither \"leader\" nor \"follower\""),
-                ))
-            }
+            other => return Err(invalid("role", format!("{other:?} is neither \"leader\" nor \"follower\""))),
         };
-        let listen = raw
-            .listen
-            .parse()
-            .map_err(|e| invalid("listen", format!("{:?}: {e}", raw.listen)))?;
-        let admin = raw
-            .admin
-            .parse()
-            .map_err(|e| invalid("admin", format!("{:?}: {e}", raw.admin)))?;
+        let listen = raw.listen.parse().map_err(|e| invalid("listen", format!("{:?}: {e}", raw.listen)))?;
+        let admin = raw.admin.parse().map_err(|e| invalid("admin", format!("{:?}: {e}", raw.admin)))?;
         let mode = match raw.replication.mode.as_deref().unwrap_or("async") {
             "async" => Mode::Async,
             "semi-sync" => Mode::SemiSync,
             "sync" => Mode::Sync,
-            other => {
-                return Err(invalid(
-                    "replication.mode",
-                    format!("{other:?}: expected async, semi-sync or sync"),
-                ))
-            }
+            other => return Err(invalid("replication.mode", format!("{other:?}: expected async, semi-sync or sync"))),
         };
         let sync_quorum = raw.replication.sync_quorum.unwrap_or(1);
         if sync_quorum == 0 {
@@ -204,21 +174,12 @@ impl Config {
         for p in raw.peers {
             check_name(&p.node).map_err(|r| invalid("peers.node", r))?;
             if p.node == raw.node || peers.iter().any(|q: &Peer| q.node == p.node) {
-                return Err(invalid(
-                    "peers.node",
-                    format!("{:?} is listed twice (or is this node)", p.node),
-                ));
+                return Err(invalid("peers.node", format!("{:?} is listed twice (or is this node)", p.node)));
             }
-            peers.push(Peer {
-                node: p.node,
-                relay: p.relay,
-                admin: p.admin,
-            });
+            peers.push(Peer { node: p.node, relay: p.relay, admin: p.admin });
         }
         let source = source_settings(&raw.node, raw.source).map_err(|(k, r)| invalid(k, r))?;
-        let log = LogSettings {
-            segment_bytes: raw.log.segment_bytes.unwrap_or(64 << 20).max(1 << 16),
-        };
+        let log = LogSettings { segment_bytes: raw.log.segment_bytes.unwrap_or(64 << 20).max(1 << 16) };
         Ok(Config {
             node: raw.node,
             cluster: raw.cluster,
@@ -244,19 +205,12 @@ impl Config {
 }
 
 fn source_settings(node: &str, raw: RawSource) -> Result<SourceSettings, (&'static str, String)> {
-    let slot = raw
-        .slot
-        .unwrap_or_else(|| format!("walship_{}", node.to_lowercase().replace('-', "_")));
+    let slot = raw.slot.unwrap_or_else(|| format!("walship_{}", node.to_lowercase().replace('-', "_")));
     if slot.is_empty()
         || slot.len() > 63
-        || !slot
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        return Err((
-            "source.slot",
-            format!("{slot:?}: lowercase letters, digits and '_', at most 63"),
-        ));
+        return Err(("source.slot", format!("{slot:?}: lowercase letters, digits and '_', at most 63")));
     }
     let publication = raw.publication.unwrap_or_else(|| "walship".into());
     if publication.is_empty() || publication.len() > 63 {
@@ -269,26 +223,15 @@ fn source_settings(node: &str, raw: RawSource) -> Result<SourceSettings, (&'stat
     if heartbeat_interval < Duration::from_millis(10) {
         return Err(("source.heartbeat_interval", "must be at least 10ms".into()));
     }
-    let spill_bytes = raw
-        .spill_bytes
-        .unwrap_or(crate::source::builder::DEFAULT_SPILL_BYTES)
-        .max(64 << 10);
-    Ok(SourceSettings {
-        publication,
-        slot,
-        heartbeat_interval,
-        spill_bytes,
-    })
+    let spill_bytes = raw.spill_bytes.unwrap_or(crate::source::builder::DEFAULT_SPILL_BYTES).max(64 << 10);
+    Ok(SourceSettings { publication, slot, heartbeat_interval, spill_bytes })
 }
 
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!("{name:?} must be 1 to 63 characters"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(format!("{name:?} may hold only letters, digits, '-' and '_'"));
     }
     Ok(())
@@ -299,9 +242,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m)"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m)"))?;
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -363,10 +304,7 @@ sync_quorum = 1
             }
         }
         let unknown = format!("{EXAMPLE}\n[log]\nsegmnt_bytes = 5\n");
-        assert!(matches!(
-            Config::parse(Path::new("x.toml"), &unknown),
-            Err(ConfigError::Parse { .. })
-        ));
+        assert!(matches!(Config::parse(Path::new("x.toml"), &unknown), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -7,13 +7,8 @@ use std::path::Path;
 /// Replaces `path` with `contents` so that a crash leaves either the old or the new file whole:
 /// write a temporary file, fsync it, rename it over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let mut tmp_name = name.to_owned();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);

@@ -52,13 +52,7 @@ pub fn run(data_dir: &Path, json: bool, all: bool, out: &mut impl Write) -> Resu
         Err(LogError::Compacted { first, .. }) => LogReader::open_offline(&dir, first)?,
         other => other?,
     };
-    let mut printer = Printer {
-        json,
-        all,
-        relations: HashMap::new(),
-        open: None,
-        changes: 0,
-    };
+    let mut printer = Printer { json, all, relations: HashMap::new(), open: None, changes: 0 };
     while let Some(record) = reader.next()? {
         printer.record(&record, out)?;
     }
@@ -154,9 +148,7 @@ impl Printer {
     }
 
     fn relation(&self, id: EntryId, rel_id: u32) -> Result<&Relation, InspectError> {
-        self.relations
-            .get(&rel_id)
-            .ok_or(InspectError::UnknownRelation { id, rel_id })
+        self.relations.get(&rel_id).ok_or(InspectError::UnknownRelation { id, rel_id })
     }
 
     /// The inspect form of one pgoutput message: none, one or (for TRUNCATE) several changes.
@@ -174,12 +166,7 @@ impl Printer {
             }
             Message::Update { rel_id, old, new } => {
                 let rel = self.relation(id, rel_id)?;
-                vec![change(
-                    "update",
-                    rel,
-                    Some(tuple_json(rel, &new, false)),
-                    old.map(|o| old_json(rel, &o)),
-                )]
+                vec![change("update", rel, Some(tuple_json(rel, &new, false)), old.map(|o| old_json(rel, &o)))]
             }
             Message::Delete { rel_id, old } => {
                 let rel = self.relation(id, rel_id)?;
@@ -257,12 +244,7 @@ pub fn format_pg_time(pg_micros: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -289,9 +271,6 @@ mod tests {
         assert_eq!(format_pg_time(-1), "1999-12-31T23:59:59.999999Z");
         // 2024-02-29T12:34:56.789012Z
         let unix = 1_709_210_096_789_012i64;
-        assert_eq!(
-            format_pg_time(unix - crate::source::conn::PG_EPOCH_OFFSET_MICROS),
-            "2024-02-29T12:34:56.789012Z"
-        );
+        assert_eq!(format_pg_time(unix - crate::source::conn::PG_EPOCH_OFFSET_MICROS), "2024-02-29T12:34:56.789012Z");
     }
 }

@@ -94,11 +94,7 @@ mod tests {
 
     #[test]
     fn lsn_round_trips_through_text() {
-        for (text, value) in [
-            ("0/0", 0),
-            ("16/B374D848", 0x16_B374_D848),
-            ("FFFFFFFF/FFFFFFFF", u64::MAX),
-        ] {
+        for (text, value) in [("0/0", 0), ("16/B374D848", 0x16_B374_D848), ("FFFFFFFF/FFFFFFFF", u64::MAX)] {
             let lsn: Lsn = text.parse().unwrap();
             assert_eq!(lsn, Lsn(value));
             assert_eq!(lsn.to_string(), text);

@@ -118,9 +118,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WALSHIP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -15,19 +15,13 @@ use crate::source::{self, SourceError};
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
     #[error("cannot create data_dir {path}: {source}")]
-    DataDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("opening the log: {0}")]
     Log(#[from] LogError),
     #[error("admin api on {addr}: {source}")]
-    Admin {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Admin { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("data_dir {0} is in use by another walship process")]
@@ -39,10 +33,8 @@ pub enum SidecarError {
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| SidecarError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| SidecarError::DataDir { path: config.data_dir.clone(), source })?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let state = match NodeState::load(&config.data_dir, &config.cluster, &config.node)? {
         Some(state) => state,
@@ -53,33 +45,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         }
     };
     let log_dir = config.log_dir();
-    let options = LogOptions {
-        segment_bytes: config.log.segment_bytes,
-    };
-    let log = tokio::task::spawn_blocking(move || Log::open(&log_dir, options))
-        .await
-        .map_err(|_| LogError::Failed)??;
+    let options = LogOptions { segment_bytes: config.log.segment_bytes };
+    let log =
+        tokio::task::spawn_blocking(move || Log::open(&log_dir, options)).await.map_err(|_| LogError::Failed)??;
     info!(node = %config.node, role = ?state.role(), term = %state.term(), last = ?log.last_written(), "sidecar starting");
     let log = Arc::new(Mutex::new(log));
 
     let tasks = TaskTracker::new();
-    let admin_state = Arc::new(AdminState {
-        node: config.node.clone(),
-        postgres: config.postgres.clone(),
-    });
+    let admin_state = Arc::new(AdminState { node: config.node.clone(), postgres: config.postgres.clone() });
     let listener_addr = config.admin;
     let listener = tokio::net::TcpListener::bind(listener_addr)
         .await
-        .map_err(|source| SidecarError::Admin {
-            addr: listener_addr,
-            source,
-        })?;
+        .map_err(|source| SidecarError::Admin { addr: listener_addr, source })?;
     let admin = tasks.spawn(admin::serve(listener, admin_state, shutdown.child_token()));
 
     let role_result = match state.role() {
-        Role::Leader => source::run_leader(config.clone(), state, log, shutdown.clone())
-            .await
-            .map_err(SidecarError::from),
+        Role::Leader => {
+            source::run_leader(config.clone(), state, log, shutdown.clone()).await.map_err(SidecarError::from)
+        }
         Role::Follower => Err(SidecarError::RoleUnavailable("follower")),
     };
     if let Err(e) = &role_result {
@@ -92,14 +75,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     role_result?;
     match admin_result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(SidecarError::Admin {
-            addr: listener_addr,
-            source,
-        }),
-        Err(_) => Err(SidecarError::Admin {
-            addr: listener_addr,
-            source: std::io::Error::other("admin task panicked"),
-        }),
+        Ok(Err(source)) => Err(SidecarError::Admin { addr: listener_addr, source }),
+        Err(_) => {
+            Err(SidecarError::Admin { addr: listener_addr, source: std::io::Error::other("admin task panicked") })
+        }
     }
 }
 
@@ -112,10 +91,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, SidecarErr
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| SidecarError::DataDir {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|source| SidecarError::DataDir { path: path.clone(), source })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(SidecarError::DataDirInUse(data_dir.to_path_buf())),

@@ -31,24 +31,16 @@ fn peak_rss(pid: u32) -> u64 {
 #[ignore = "slow: a 2 GB transaction; run with --ignored"]
 fn a_two_gigabyte_transaction_streams_in_bounded_memory() {
     let settings = vec![("max_wal_size".to_owned(), "16GB".to_owned())];
-    let pg = Instance::start(Options {
-        settings,
-        ..Options::default()
-    })
-    .unwrap();
-    pg.psql("postgres", "CREATE TABLE wide (id bigint PRIMARY KEY, payload text)")
-        .unwrap();
+    let pg = Instance::start(Options { settings, ..Options::default() }).unwrap();
+    pg.psql("postgres", "CREATE TABLE wide (id bigint PRIMARY KEY, payload text)").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
     sidecar.start();
     let confirmed = || -> Lsn {
-        pg.psql(
-            "postgres",
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walship_a'",
-        )
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(Lsn::ZERO)
+        pg.psql("postgres", "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'walship_a'")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(Lsn::ZERO)
     };
     wait_until(Duration::from_secs(30), "the slot", || confirmed() > Lsn::ZERO);
 
@@ -60,26 +52,14 @@ fn a_two_gigabyte_transaction_streams_in_bounded_memory() {
         ),
     )
     .unwrap();
-    let end: Lsn = pg
-        .psql("postgres", "SELECT pg_current_wal_lsn()")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let end: Lsn = pg.psql("postgres", "SELECT pg_current_wal_lsn()").unwrap().trim().parse().unwrap();
     eprintln!("committed {} MB in {:.1?}", (ROWS * ROW_BYTES) >> 20, started.elapsed());
-    wait_until(Duration::from_secs(1800), "the sidecar to log the transaction", || {
-        confirmed() >= end
-    });
+    wait_until(Duration::from_secs(1800), "the sidecar to log the transaction", || confirmed() >= end);
     eprintln!("logged after {:.1?}", started.elapsed());
     let rss = peak_rss(sidecar.pid());
     sidecar.stop();
     eprintln!("sidecar peak RSS: {} MB", rss >> 20);
-    assert!(
-        rss < RSS_LIMIT_BYTES,
-        "peak RSS {} MB over the {} MB bound",
-        rss >> 20,
-        RSS_LIMIT_BYTES >> 20
-    );
+    assert!(rss < RSS_LIMIT_BYTES, "peak RSS {} MB over the {} MB bound", rss >> 20, RSS_LIMIT_BYTES >> 20);
 
     // Count the rows record by record, never holding the entry whole.
     let mut reader = LogReader::open_offline(&sidecar.data_dir().join("log"), Index(1)).unwrap();
@@ -107,9 +87,6 @@ fn a_two_gigabyte_transaction_streams_in_bounded_memory() {
     }
     assert_eq!(rows, ROWS);
     assert!(bytes >= ROWS * ROW_BYTES);
-    assert!(
-        chunks > 100,
-        "the transaction should have been spilled in chunks, got {chunks}"
-    );
+    assert!(chunks > 100, "the transaction should have been spilled in chunks, got {chunks}");
     sidecar.assert_no_errors();
 }

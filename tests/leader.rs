@@ -65,11 +65,7 @@ fn pgbench_with_sidecar_crashes_logs_every_commit_exactly_once() {
     let (code, body) = http_get(sidecar.admin_port, "/health").unwrap();
     assert_eq!(code, 200, "{body}");
 
-    let init = pg
-        .command("pgbench")
-        .args(["-i", "-s", "2", "-q", "postgres"])
-        .output()
-        .unwrap();
+    let init = pg.command("pgbench").args(["-i", "-s", "2", "-q", "postgres"]).output().unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let bench = pg
         .command("pgbench")
@@ -88,21 +84,10 @@ fn pgbench_with_sidecar_crashes_logs_every_commit_exactly_once() {
         sidecar.start();
     }
     let bench = bench.wait_with_output().unwrap();
-    assert!(
-        bench.status.success(),
-        "pgbench: {}",
-        String::from_utf8_lossy(&bench.stderr)
-    );
+    assert!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
 
-    let end_of_load: Lsn = pg
-        .psql("postgres", "SELECT pg_current_wal_lsn()")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    wait_until(Duration::from_secs(60), "the sidecar to catch up", || {
-        slot_confirmed(&pg) >= end_of_load
-    });
+    let end_of_load: Lsn = pg.psql("postgres", "SELECT pg_current_wal_lsn()").unwrap().trim().parse().unwrap();
+    wait_until(Duration::from_secs(60), "the sidecar to catch up", || slot_confirmed(&pg) >= end_of_load);
     assert_confirmed_within_log(&pg, &sidecar);
     sidecar.stop();
 
@@ -116,10 +101,7 @@ fn pgbench_with_sidecar_crashes_logs_every_commit_exactly_once() {
         assert!(index > last_index, "index {index} after {last_index}");
         last_index = index;
         let commit = lsn_of(&e["commit_lsn"]);
-        assert!(
-            commit > last_commit,
-            "commit {commit} after {last_commit}: not in commit order"
-        );
+        assert!(commit > last_commit, "commit {commit} after {last_commit}: not in commit order");
         last_commit = commit;
         for change in e["changes"].as_array().unwrap() {
             if change["table"] == "public.pgbench_history" && change["op"] == "insert" {
@@ -140,11 +122,8 @@ fn pgbench_with_sidecar_crashes_logs_every_commit_exactly_once() {
         *committed.entry(row.to_owned()).or_default() += 1;
     }
     assert!(committed.len() > 100, "pgbench committed only {} rows", committed.len());
-    let missing: Vec<_> = committed
-        .iter()
-        .filter(|(k, n)| logged.get(*k) != Some(n))
-        .map(|(k, n)| (k, n, logged.get(k)))
-        .collect();
+    let missing: Vec<_> =
+        committed.iter().filter(|(k, n)| logged.get(*k) != Some(n)).map(|(k, n)| (k, n, logged.get(k))).collect();
     assert!(
         missing.is_empty(),
         "{} of {} rows not logged exactly once (row, committed, logged), e.g. {:?}\nsidecar log:\n{}",
@@ -167,21 +146,16 @@ fn an_idle_leader_keeps_positions_moving_with_heartbeats() {
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
     let first = slot_confirmed(&pg);
-    wait_until(
-        Duration::from_secs(10),
-        "confirmed_flush_lsn to advance on an idle database",
-        || slot_confirmed(&pg) > first,
-    );
+    wait_until(Duration::from_secs(10), "confirmed_flush_lsn to advance on an idle database", || {
+        slot_confirmed(&pg) > first
+    });
     sidecar.stop();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
         .args(["inspect", "--json", "--all"])
         .arg(sidecar.data_dir())
         .output()
         .unwrap();
-    let beats = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("\"kind\":\"heartbeat\""))
-        .count();
+    let beats = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"kind\":\"heartbeat\"")).count();
     assert!(beats >= 2, "expected heartbeat entries, got {beats}");
     sidecar.assert_no_errors();
 }
@@ -206,11 +180,8 @@ fn a_postgresql_restart_underneath_is_ridden_out() {
     let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
-    pg.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)")
-        .unwrap();
-    wait_until(Duration::from_secs(20), "the first rows", || {
-        logged_ids(&sidecar).len() == 100
-    });
+    pg.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)").unwrap();
+    wait_until(Duration::from_secs(20), "the first rows", || logged_ids(&sidecar).len() == 100);
 
     for mode in [walship::localpg::StopMode::Fast, walship::localpg::StopMode::Immediate] {
         pg.stop(mode).unwrap();
@@ -219,11 +190,8 @@ fn a_postgresql_restart_underneath_is_ridden_out() {
         assert_eq!(code, 503, "health must fail while PostgreSQL is down");
         pg.start_again().unwrap();
         let before = logged_ids(&sidecar).len() as i64;
-        pg.psql(
-            "postgres",
-            &format!("INSERT INTO t SELECT generate_series({}, {})", before + 1, before + 100),
-        )
-        .unwrap();
+        pg.psql("postgres", &format!("INSERT INTO t SELECT generate_series({}, {})", before + 1, before + 100))
+            .unwrap();
         wait_until(Duration::from_secs(30), "rows after the restart", || {
             logged_ids(&sidecar).len() as i64 == before + 100
         });
@@ -232,10 +200,7 @@ fn a_postgresql_restart_underneath_is_ridden_out() {
     let ids = logged_ids(&sidecar);
     assert_eq!(ids, (1..=300).collect::<Vec<u64>>(), "every row once, in order");
     let text = sidecar.log_text();
-    assert!(
-        text.contains("leader source interrupted"),
-        "the restart went unnoticed:\n{text}"
-    );
+    assert!(text.contains("leader source interrupted"), "the restart went unnoticed:\n{text}");
     sidecar.assert_no_errors();
 }
 
@@ -248,10 +213,9 @@ fn a_second_sidecar_on_the_same_data_dir_is_refused() {
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
     let second_dir = dir.path().join("second");
     let second = Sidecar::leader(&second_dir, "a", &pg, "");
-    let config = std::fs::read_to_string(&second.config_path).unwrap().replace(
-        &second_dir.join("data").display().to_string(),
-        &first.data_dir().display().to_string(),
-    );
+    let config = std::fs::read_to_string(&second.config_path)
+        .unwrap()
+        .replace(&second_dir.join("data").display().to_string(), &first.data_dir().display().to_string());
     std::fs::write(&second.config_path, config).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
         .args(["run", "--config"])
@@ -296,10 +260,7 @@ fn a_corrupt_log_is_reported_with_file_and_offset() {
         .unwrap();
     assert!(!out.status.success(), "inspect read a corrupt log without complaint");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("corrupt") && stderr.contains(&segment.display().to_string()),
-        "{stderr}"
-    );
+    assert!(stderr.contains("corrupt") && stderr.contains(&segment.display().to_string()), "{stderr}");
     assert!(stderr.contains("offset"), "{stderr}");
 
     // The sidecar refuses to run on it rather than repairing it by dropping entries.

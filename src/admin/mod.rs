@@ -26,9 +26,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// Serves the admin API on a bound listener until `cancel`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, "admin api listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
 }
 
 /// 200 while the sidecar runs and reaches its PostgreSQL.
@@ -40,13 +38,7 @@ async fn health(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
     };
     match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
         Ok(Ok(())) => (StatusCode::OK, format!("ok: {} reaches its postgresql\n", state.node)),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("postgresql unreachable: {e}\n"),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "postgresql did not answer in time\n".into(),
-        ),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("postgresql unreachable: {e}\n")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "postgresql did not answer in time\n".into()),
     }
 }

@@ -39,11 +39,7 @@ pub(crate) fn search(env: Option<&OsStr>, pg_config: &Path, versions_root: &Path
         return Ok(dir);
     }
     Err(LocalPgError::BinariesNotFound {
-        looked_in: format!(
-            "${BINDIR_ENV}, `{} --bindir`, {}/*/bin",
-            pg_config.display(),
-            versions_root.display()
-        ),
+        looked_in: format!("${BINDIR_ENV}, `{} --bindir`, {}/*/bin", pg_config.display(), versions_root.display()),
     })
 }
 
@@ -83,10 +79,8 @@ pub(crate) fn server_version(bindir: &Path) -> Result<String, LocalPgError> {
     let output = run_checked(cmd.arg("--version"), "")?;
     // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
     let text = String::from_utf8_lossy(&output.stdout);
-    let version = text
-        .split_whitespace()
-        .nth(2)
-        .filter(|v| v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    let version =
+        text.split_whitespace().nth(2).filter(|v| v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
     version.map(str::to_owned).ok_or_else(|| LocalPgError::CommandFailed {
         program: "postgres --version".to_owned(),
         status: output.status,

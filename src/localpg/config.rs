@@ -20,15 +20,9 @@ pub(crate) const INSTANCE_CONF: &str = "walship.conf";
 /// Appends the include to the fresh template's `postgresql.conf` and creates the file.
 pub(crate) fn prepare_template(data_dir: &Path, user: &ServerUser) -> Result<(), LocalPgError> {
     let main_conf = data_dir.join("postgresql.conf");
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(&main_conf)
-        .map_err(io_err("open", &main_conf))?;
-    writeln!(
-        file,
-        "\n# per-instance settings of walship localpg\ninclude '{INSTANCE_CONF}'"
-    )
-    .map_err(io_err("append to", &main_conf))?;
+    let mut file = OpenOptions::new().append(true).open(&main_conf).map_err(io_err("open", &main_conf))?;
+    writeln!(file, "\n# per-instance settings of walship localpg\ninclude '{INSTANCE_CONF}'")
+        .map_err(io_err("append to", &main_conf))?;
     write_owned(&data_dir.join(INSTANCE_CONF), "", user)
 }
 
@@ -38,10 +32,7 @@ pub(crate) fn validate(opts: &Options) -> Result<(), LocalPgError> {
     match (&opts.password, opts.auth) {
         (Some(pw), _) if pw.is_empty() => return invalid("the password is empty".into()),
         (None, Auth::Md5 | Auth::Scram) => {
-            return invalid(format!(
-                "auth {} needs a password: set Options::password",
-                opts.auth.hba_method()
-            ))
+            return invalid(format!("auth {} needs a password: set Options::password", opts.auth.hba_method()))
         }
         _ => {}
     }
@@ -144,30 +135,18 @@ mod tests {
 
     #[test]
     fn settings_are_validated() {
-        let bad_name = Options {
-            settings: vec![("work_mem = 1\nfsync".into(), "off".into())],
-            ..Options::default()
-        };
+        let bad_name = Options { settings: vec![("work_mem = 1\nfsync".into(), "off".into())], ..Options::default() };
         assert!(validate(&bad_name).is_err());
-        let md5_without_password = Options {
-            auth: Auth::Md5,
-            ..Options::default()
-        };
+        let md5_without_password = Options { auth: Auth::Md5, ..Options::default() };
         let err = validate(&md5_without_password).unwrap_err().to_string();
         assert!(err.contains("set Options::password"), "{err}");
-        let fine = Options {
-            settings: vec![("work_mem".into(), "7MB".into())],
-            ..Options::default()
-        };
+        let fine = Options { settings: vec![("work_mem".into(), "7MB".into())], ..Options::default() };
         assert!(validate(&fine).is_ok());
     }
 
     #[test]
     fn user_settings_come_last() {
-        let opts = Options {
-            settings: vec![("fsync".into(), "off".into())],
-            ..Options::default()
-        };
+        let opts = Options { settings: vec![("fsync".into(), "off".into())], ..Options::default() };
         let conf = server_settings(5433, Path::new("/tmp/x"), &opts);
         assert!(conf.contains("port = '5433'\n"));
         assert!(conf.ends_with("fsync = 'off'\n"));

@@ -43,11 +43,7 @@ pub enum LocalPgError {
     TemplateNotOurs { path: PathBuf, expected_uid: u32 },
 
     #[error("could not {action} {path:?}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: io::Error },
 
     #[error("could not run {program}: {source}{hint}")]
     Spawn {
@@ -58,11 +54,7 @@ pub enum LocalPgError {
     },
 
     #[error("{program} failed ({status}): {output}")]
-    CommandFailed {
-        program: String,
-        status: ExitStatus,
-        output: String,
-    },
+    CommandFailed { program: String, status: ExitStatus, output: String },
 
     #[error(
         "port {port} on 127.0.0.1 is already in use: stop what listens there, or leave \
@@ -71,11 +63,7 @@ pub enum LocalPgError {
     PortInUse { port: u16 },
 
     #[error("PostgreSQL exited during startup ({status}); end of {log:?}:\n{tail}")]
-    StartFailed {
-        status: ExitStatus,
-        log: PathBuf,
-        tail: String,
-    },
+    StartFailed { status: ExitStatus, log: PathBuf, tail: String },
 
     #[error("PostgreSQL did not accept connections within {secs} s; end of {log:?}:\n{tail}")]
     StartTimeout { secs: u64, log: PathBuf, tail: String },
@@ -84,18 +72,10 @@ pub enum LocalPgError {
         "PostgreSQL did not finish a {mode} shutdown within {secs} s and was stopped harder; \
          see {log:?}"
     )]
-    StopTimeout {
-        mode: &'static str,
-        secs: u64,
-        log: PathBuf,
-    },
+    StopTimeout { mode: &'static str, secs: u64, log: PathBuf },
 
     #[error("psql on database {dbname:?} failed ({status}): {stderr}")]
-    Psql {
-        dbname: String,
-        status: ExitStatus,
-        stderr: String,
-    },
+    Psql { dbname: String, status: ExitStatus, stderr: String },
 }
 
 /// `map_err` helper for file system calls: `.map_err(io_err("create", &path))`.
@@ -107,11 +87,7 @@ pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error
 /// The program's file name, for messages.
 pub(crate) fn program_name(cmd: &Command) -> String {
     let program = Path::new(cmd.get_program());
-    program
-        .file_name()
-        .unwrap_or(program.as_os_str())
-        .to_string_lossy()
-        .into_owned()
+    program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned()
 }
 
 /// Runs `cmd` to completion, capturing its output; a non-zero exit is `CommandFailed`.
@@ -125,31 +101,20 @@ pub(crate) fn run_checked(cmd: &mut Command, as_user: &str) -> Result<Output, Lo
     Err(LocalPgError::CommandFailed {
         program,
         status: output.status,
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stderr),
-            String::from_utf8_lossy(&output.stdout)
-        )
-        .trim()
-        .to_owned(),
+        output: format!("{}{}", String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout))
+            .trim()
+            .to_owned(),
     })
 }
 
 /// A `Spawn` error; when running as another user was refused, says what to check.
 pub(crate) fn spawn_error(cmd: &Command, as_user: &str, source: io::Error) -> LocalPgError {
-    let in_dir = cmd
-        .get_current_dir()
-        .map(|dir| format!(" in {}", dir.display()))
-        .unwrap_or_default();
+    let in_dir = cmd.get_current_dir().map(|dir| format!(" in {}", dir.display())).unwrap_or_default();
     let hint = match source.kind() {
         io::ErrorKind::PermissionDenied if !as_user.is_empty() => {
             "; that user must be able to traverse every folder down to it (chmod o+x)".to_owned()
         }
         _ => String::new(),
     };
-    LocalPgError::Spawn {
-        program: format!("{}{as_user}{in_dir}", program_name(cmd)),
-        source,
-        hint,
-    }
+    LocalPgError::Spawn { program: format!("{}{as_user}{in_dir}", program_name(cmd)), source, hint }
 }

@@ -52,9 +52,7 @@ impl Guardian {
             .stderr(Stdio::null())
             .process_group(0);
         user.apply(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|source| spawn_error(&cmd, user.describe(), source))?;
+        let child = cmd.spawn().map_err(|source| spawn_error(&cmd, user.describe(), source))?;
         Ok(Guardian { child })
     }
 

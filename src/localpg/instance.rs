@@ -152,9 +152,7 @@ impl Instance {
             .env_remove("PGPASSWORD")
             // Like `pg_ctl start`: a Ctrl-C for our process group does not reach the server.
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|source| spawn_error(&cmd, self.user.describe(), source))?;
+        let child = cmd.spawn().map_err(|source| spawn_error(&cmd, self.user.describe(), source))?;
         self.postmaster.set(child);
         self.wait_ready(log_start)
     }
@@ -167,11 +165,7 @@ impl Instance {
                 let tail = log_tail(&self.log_path, log_start, LOG_TAIL_LINES);
                 return Err(match tail.contains("Address already in use") || port_taken(self.port) {
                     true => LocalPgError::PortInUse { port: self.port },
-                    false => LocalPgError::StartFailed {
-                        status,
-                        log: self.log_path.clone(),
-                        tail,
-                    },
+                    false => LocalPgError::StartFailed { status, log: self.log_path.clone(), tail },
                 });
             }
             if self.accepts_connections() {
@@ -271,28 +265,18 @@ impl Instance {
             debug!(port = self.port, mode = mode.pg_ctl_name(), "local postgres stopped");
             return Ok(());
         }
-        warn!(
-            port = self.port,
-            mode = mode.pg_ctl_name(),
-            "postgres is slow to stop, forcing"
-        );
+        warn!(port = self.port, mode = mode.pg_ctl_name(), "postgres is slow to stop, forcing");
         let forced = self.signal_stop(StopMode::Immediate);
         if forced.is_err() || !self.postmaster.wait_exit(IMMEDIATE_STOP_TIMEOUT) {
             self.postmaster.kill();
         }
-        Err(LocalPgError::StopTimeout {
-            mode: mode.pg_ctl_name(),
-            secs: timeout.as_secs(),
-            log: self.log_path.clone(),
-        })
+        Err(LocalPgError::StopTimeout { mode: mode.pg_ctl_name(), secs: timeout.as_secs(), log: self.log_path.clone() })
     }
 
     /// `pg_ctl stop -W`: signals, and we watch our child exit (pg_ctl polls every 100 ms).
     fn signal_stop(&self, mode: StopMode) -> Result<(), LocalPgError> {
         let mut cmd = self.command("pg_ctl");
-        cmd.args(["stop", "-W", "-s", "-m", mode.pg_ctl_name()])
-            .arg("-D")
-            .arg(&self.data_dir);
+        cmd.args(["stop", "-W", "-s", "-m", mode.pg_ctl_name()]).arg("-D").arg(&self.data_dir);
         match run_checked(&mut cmd, self.user.describe()) {
             // It may have exited just before; then there is nothing to stop.
             Err(_) if !self.postmaster.is_running() => Ok(()),
@@ -308,11 +292,7 @@ impl Instance {
         }
         let started = Instant::now();
         self.run_postmaster()?;
-        info!(
-            port = self.port,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "local postgres started again"
-        );
+        info!(port = self.port, elapsed_ms = started.elapsed().as_millis() as u64, "local postgres started again");
         Ok(())
     }
 }

@@ -30,10 +30,7 @@ impl ServerUser {
             return Ok(ServerUser { euid, switch_to: None });
         }
         let ids = lookup_user(SERVER_USER).ok_or(LocalPgError::NoPostgresUser)?;
-        Ok(ServerUser {
-            euid,
-            switch_to: Some(ids),
-        })
+        Ok(ServerUser { euid, switch_to: Some(ids) })
     }
 
     pub(crate) fn euid(&self) -> u32 {

@@ -80,10 +80,7 @@ fn remove_incomplete(path: &Path, user: &ServerUser) -> Result<(), LocalPgError>
         return Ok(());
     }
     if !user.owns_dir(path) {
-        return Err(LocalPgError::TemplateNotOurs {
-            path: path.to_path_buf(),
-            expected_uid: user.owner_uid(),
-        });
+        return Err(LocalPgError::TemplateNotOurs { path: path.to_path_buf(), expected_uid: user.owner_uid() });
     }
     fs::remove_dir_all(path).map_err(io_err("remove incomplete template", path))
 }

@@ -47,24 +47,15 @@ fn starts_answers_queries_and_creates_databases() {
     assert_eq!(pg.psql("postgres", "select 1").unwrap(), "1");
     pg.create_database("app").unwrap();
     let out = pg
-        .psql(
-            "app",
-            "create table t (x int); insert into t values (1), (2);\nselect x, x * 10 from t order by x",
-        )
+        .psql("app", "create table t (x int); insert into t values (1), (2);\nselect x, x * 10 from t order by x")
         .unwrap();
     assert_eq!(out, "1|10\n2|20");
-    assert_eq!(
-        pg.conninfo("app"),
-        format!("host=127.0.0.1 port={} user=postgres dbname=app", pg.port())
-    );
+    assert_eq!(pg.conninfo("app"), format!("host=127.0.0.1 port={} user=postgres dbname=app", pg.port()));
 }
 
 #[test]
 fn configuration_is_applied() {
-    let pg = start(Options {
-        settings: vec![("work_mem".into(), "7MB".into())],
-        ..Options::default()
-    });
+    let pg = start(Options { settings: vec![("work_mem".into(), "7MB".into())], ..Options::default() });
     let sql = "select current_setting('wal_level'), current_setting('max_wal_senders'), \
                current_setting('max_replication_slots'), current_setting('fsync'), \
                current_setting('listen_addresses'), current_setting('shared_buffers'), \
@@ -73,24 +64,18 @@ fn configuration_is_applied() {
     assert_eq!(pg.psql("postgres", sql).unwrap(), expected);
     let meta = std::fs::metadata(pg.data_dir()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-    if std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .contains("Uid:\t0\t0")
-    {
+    if std::fs::read_to_string("/proc/self/status").unwrap().contains("Uid:\t0\t0") {
         let owner = std::fs::metadata(pg.data_dir().join("PG_VERSION")).unwrap().uid();
         assert_ne!(owner, 0, "data must belong to the postgres user when root");
     }
-    assert!(std::fs::read_to_string(pg.log_path())
-        .unwrap()
-        .contains("ready to accept"));
+    assert!(std::fs::read_to_string(pg.log_path()).unwrap().contains("ready to accept"));
 }
 
 #[test]
 fn stop_fast_and_immediate_then_start_again_keep_data() {
     let mut pg = start(Options::default());
     let port = pg.port();
-    pg.psql("postgres", "create table t (x int); insert into t values (1)")
-        .unwrap();
+    pg.psql("postgres", "create table t (x int); insert into t values (1)").unwrap();
     pg.stop(StopMode::Fast).unwrap();
     assert!(!pg.is_running());
     assert!(pg.psql("postgres", "select 1").is_err());
@@ -117,11 +102,7 @@ fn two_instances_run_at_once() {
 
 fn check_password_auth(auth: Auth, stored_prefix: &str) {
     let password = "s3cret 'quoted'";
-    let pg = start(Options {
-        auth,
-        password: Some(password.into()),
-        ..Options::default()
-    });
+    let pg = start(Options { auth, password: Some(password.into()), ..Options::default() });
     let wrong = psql_with_password(&pg, "wrong");
     assert!(!wrong.status.success());
     let stderr = String::from_utf8_lossy(&wrong.stderr);
@@ -129,12 +110,7 @@ fn check_password_auth(auth: Auth, stored_prefix: &str) {
     let right = psql_with_password(&pg, password);
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
     // psql() and conninfo() carry the password too.
-    let stored = pg
-        .psql(
-            "postgres",
-            "select rolpassword from pg_authid where rolname = 'postgres'",
-        )
-        .unwrap();
+    let stored = pg.psql("postgres", "select rolpassword from pg_authid where rolname = 'postgres'").unwrap();
     assert!(stored.starts_with(stored_prefix), "{stored}");
     assert!(pg.conninfo("postgres").ends_with(" password='s3cret \\'quoted\\''"));
 }
@@ -151,11 +127,7 @@ fn scram_needs_the_right_password() {
 
 #[test]
 fn password_auth_without_password_is_refused() {
-    let err = Instance::start(Options {
-        auth: Auth::Scram,
-        ..Options::default()
-    })
-    .unwrap_err();
+    let err = Instance::start(Options { auth: Auth::Scram, ..Options::default() }).unwrap_err();
     assert!(matches!(err, LocalPgError::InvalidOptions(_)), "{err}");
 }
 
@@ -186,9 +158,7 @@ fn start_in_keeps_the_folder() {
 
 #[test]
 fn start_in_an_unreachable_folder_says_why() {
-    let running_as_root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .contains("Uid:\t0\t0");
+    let running_as_root = std::fs::read_to_string("/proc/self/status").unwrap().contains("Uid:\t0\t0");
     if !running_as_root {
         return; // only root switches to the postgres user
     }
@@ -197,39 +167,22 @@ fn start_in_an_unreachable_folder_says_why() {
     let dir = root.path().join("node1");
     let err = Instance::start_in(&dir, Options::default()).unwrap_err();
     assert!(err.to_string().contains("traverse"), "{err}");
-    assert!(
-        !dir.join("data").exists(),
-        "a failed start must not leave its data folder"
-    );
+    assert!(!dir.join("data").exists(), "a failed start must not leave its data folder");
 }
 
 #[test]
 fn a_taken_port_is_reported() {
     let a = start(Options::default());
     let started = Instant::now();
-    let err = Instance::start(Options {
-        port: Some(a.port()),
-        ..Options::default()
-    })
-    .unwrap_err();
-    assert!(
-        matches!(err, LocalPgError::PortInUse { port } if port == a.port()),
-        "{err}"
-    );
+    let err = Instance::start(Options { port: Some(a.port()), ..Options::default() }).unwrap_err();
+    assert!(matches!(err, LocalPgError::PortInUse { port } if port == a.port()), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
 fn a_given_port_is_used() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pg = start(Options {
-        port: Some(port),
-        ..Options::default()
-    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let pg = start(Options { port: Some(port), ..Options::default() });
     assert_eq!(pg.port(), port);
     assert_eq!(pg.psql("postgres", "show port").unwrap(), port.to_string());
 }
@@ -248,10 +201,7 @@ fn command_runs_server_programs() {
     let pg = start(Options::default());
     let status = pg.command("pg_ctl").arg("status").output().unwrap();
     let stdout = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status.status.success() && stdout.contains("server is running"),
-        "{stdout}"
-    );
+    assert!(status.status.success() && stdout.contains("server is running"), "{stdout}");
     let bench = pg.command("pgbench").args(["-i", "-s", "1", "-q"]).output().unwrap();
     assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
 }
@@ -314,9 +264,7 @@ fn guardian_cleans_up_after_a_killed_process() {
         .spawn()
         .unwrap();
     let stdout = BufReader::new(helper.stdout.take().unwrap());
-    let ready = stdout
-        .lines()
-        .find_map(|line| Some(line.ok()?.strip_prefix("READY ")?.to_owned()));
+    let ready = stdout.lines().find_map(|line| Some(line.ok()?.strip_prefix("READY ")?.to_owned()));
     let Some((pid, dir)) = ready.as_deref().and_then(|r| r.split_once(' ')) else {
         helper.kill().unwrap();
         panic!("the helper process did not start an instance");
@@ -325,10 +273,6 @@ fn guardian_cleans_up_after_a_killed_process() {
     assert!(process_alive(pid) && dir.exists());
     helper.kill().unwrap(); // SIGKILL: no destructor runs
     helper.wait().unwrap();
-    wait_until("the guardian stopped postgres", Duration::from_secs(20), || {
-        !process_alive(pid)
-    });
-    wait_until("the guardian removed the folder", Duration::from_secs(20), || {
-        !dir.exists()
-    });
+    wait_until("the guardian stopped postgres", Duration::from_secs(20), || !process_alive(pid));
+    wait_until("the guardian removed the folder", Duration::from_secs(20), || !dir.exists());
 }

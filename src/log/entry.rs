@@ -77,18 +77,8 @@ impl EntryHeader {
             .get(..HEADER_BYTES)
             .and_then(|h| h.try_into().ok())
             .ok_or(EntryError::ShortHeader(payload.len()))?;
-        let u64_at = |i: usize| {
-            u64::from_le_bytes([
-                h[i],
-                h[i + 1],
-                h[i + 2],
-                h[i + 3],
-                h[i + 4],
-                h[i + 5],
-                h[i + 6],
-                h[i + 7],
-            ])
-        };
+        let u64_at =
+            |i: usize| u64::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3], h[i + 4], h[i + 5], h[i + 6], h[i + 7]]);
         let kind = match h[0] {
             1 => EntryKind::Transaction,
             2 => EntryKind::Heartbeat,
@@ -108,19 +98,13 @@ impl EntryHeader {
 /// Splits an entry record's payload into its header and items.
 pub fn decode_entry(payload: &[u8]) -> Result<(EntryHeader, Items<'_>), EntryError> {
     let header = EntryHeader::decode(payload)?;
-    let items = Items {
-        buf: payload,
-        offset: HEADER_BYTES,
-    };
+    let items = Items { buf: payload, offset: HEADER_BYTES };
     Ok((header, items))
 }
 
 /// The items of a chunk record's payload.
 pub fn chunk_items(payload: &[u8]) -> Items<'_> {
-    Items {
-        buf: payload,
-        offset: 0,
-    }
+    Items { buf: payload, offset: 0 }
 }
 
 /// Appends one pgoutput message as an item.
@@ -152,11 +136,7 @@ impl<'a> Iterator for Items<'a> {
                         self.offset += 4 + len;
                         return Some(Ok(item));
                     }
-                    None => Err(EntryError::ItemOverrun {
-                        offset: self.offset,
-                        len,
-                        left: rest.len() - 4,
-                    }),
+                    None => Err(EntryError::ItemOverrun { offset: self.offset, len, left: rest.len() - 4 }),
                 }
             }
         };
@@ -199,14 +179,7 @@ mod tests {
         overrun.put_u32_le(100);
         overrun.put_slice(b"abc");
         let got: Vec<_> = chunk_items(&overrun).collect();
-        assert_eq!(
-            got,
-            vec![Err(EntryError::ItemOverrun {
-                offset: 0,
-                len: 100,
-                left: 3
-            })]
-        );
+        assert_eq!(got, vec![Err(EntryError::ItemOverrun { offset: 0, len: 100, left: 3 })]);
         let got: Vec<_> = chunk_items(&[1, 0]).collect();
         assert_eq!(got, vec![Err(EntryError::ShortItemLength(0))]);
     }

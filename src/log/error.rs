@@ -69,27 +69,14 @@ pub enum LogError {
 
 impl LogError {
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> LogError {
-        LogError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        LogError::Io { op, path: path.to_path_buf(), source }
     }
 
     pub(crate) fn io_at(op: &'static str, path: &Path, offset: u64, source: io::Error) -> LogError {
-        LogError::IoAt {
-            op,
-            path: path.to_path_buf(),
-            offset,
-            source,
-        }
+        LogError::IoAt { op, path: path.to_path_buf(), offset, source }
     }
 
     pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> LogError {
-        LogError::Corrupt {
-            path: path.to_path_buf(),
-            offset,
-            reason: reason.into(),
-        }
+        LogError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() }
     }
 }

@@ -93,14 +93,7 @@ pub(crate) fn decode_head(start: u64, buf: &[u8; HEAD_LEN]) -> Result<Head, Stri
     let [l0, l1, l2, l3, c0, c1, c2, c3, rest @ ..] = *buf;
     let (body_len, crc) = decode_record_header([l0, l1, l2, l3, c0, c1, c2, c3])?;
     let (kind, id) = decode_prefix(&rest)?;
-    Ok(Head {
-        start,
-        body_len,
-        crc,
-        kind,
-        id,
-        prefix: rest,
-    })
+    Ok(Head { start, body_len, crc, kind, id, prefix: rest })
 }
 
 pub(crate) fn encode_prefix(kind: RecordKind, id: EntryId) -> [u8; BODY_PREFIX_LEN] {
@@ -149,11 +142,7 @@ pub(crate) struct SeqCheck {
 
 impl SeqCheck {
     pub fn new(next: Index) -> SeqCheck {
-        SeqCheck {
-            next,
-            last_term: Term(0),
-            open: None,
-        }
+        SeqCheck { next, last_term: Term(0), open: None }
     }
 
     pub fn next_index(&self) -> Index {

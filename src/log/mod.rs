@@ -116,9 +116,7 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions {
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
-        }
+        LogOptions { segment_bytes: DEFAULT_SEGMENT_BYTES }
     }
 }
 
@@ -153,11 +151,6 @@ pub struct Flushed {
 
 impl Flushed {
     fn empty(epoch: u64) -> Flushed {
-        Flushed {
-            last: None,
-            segment: Index(0),
-            offset: 0,
-            epoch,
-        }
+        Flushed { last: None, segment: Index(0), offset: 0, epoch }
     }
 }

@@ -88,10 +88,7 @@ impl Model {
             return *id;
         }
         let index = self.entries.last().map_or(self.start, |e| e.id.index.0 + 1);
-        EntryId {
-            term: Term(self.term),
-            index: Index(index),
-        }
+        EntryId { term: Term(self.term), index: Index(index) }
     }
 
     fn bytes(&mut self, len: usize) -> Vec<u8> {
@@ -129,13 +126,7 @@ impl Model {
         let chunks = self.pending.take().map(|(_, c)| c).unwrap_or_default();
         let last = self.records.last().unwrap();
         let (segment, end) = (last.segment, last.end);
-        self.entries.push(ModelEntry {
-            id,
-            chunks,
-            payload,
-            segment,
-            end,
-        });
+        self.entries.push(ModelEntry { id, chunks, payload, segment, end });
     }
 
     fn expected_records(&self, from: u64) -> Vec<(RecordKind, EntryId, Vec<u8>)> {
@@ -149,10 +140,7 @@ impl Model {
 
     fn check_reader(&self, log: &Log, from: u64) {
         let records = read_all(&mut log.reader(Index(from)).unwrap());
-        let got: Vec<_> = records
-            .into_iter()
-            .map(|r| (r.kind, r.id, r.payload.to_vec()))
-            .collect();
+        let got: Vec<_> = records.into_iter().map(|r| (r.kind, r.id, r.payload.to_vec())).collect();
         assert_eq!(got, self.expected_records(from), "reading from {from}");
     }
 
@@ -195,10 +183,7 @@ impl Model {
                 let mut bytes = fs::read(&path).unwrap();
                 bytes[at as usize] ^= mask;
                 fs::write(&path, bytes).unwrap();
-                let record = self
-                    .records
-                    .iter()
-                    .find(|r| r.segment == segment && r.start <= at && at < r.end);
+                let record = self.records.iter().find(|r| r.segment == segment && r.start <= at && at < r.end);
                 let start = record.unwrap().start;
                 (start, Some(start))
             }
@@ -285,10 +270,7 @@ impl Model {
     /// A live reader sees exactly the flushed entries from `from` on.
     fn check_reader_flushed(&self, log: &Log, from: u64) {
         let records = read_all(&mut log.reader(Index(from)).unwrap());
-        let got: Vec<_> = records
-            .into_iter()
-            .map(|r| (r.kind, r.id, r.payload.to_vec()))
-            .collect();
+        let got: Vec<_> = records.into_iter().map(|r| (r.kind, r.id, r.payload.to_vec())).collect();
         let mut want = Vec::new();
         for e in self.entries[..self.flushed].iter().filter(|e| e.id.index.0 >= from) {
             want.extend(e.chunks.iter().map(|c| (RecordKind::Chunk, e.id, c.clone())));
@@ -322,10 +304,7 @@ enum Mutation {
 fn valid_segment(entries: &[(u8, usize)]) -> Vec<u8> {
     let mut out = super::format::encode_segment_header().to_vec();
     for (i, &(chunks, len)) in entries.iter().enumerate() {
-        let id = EntryId {
-            term: Term(1),
-            index: Index(i as u64 + 1),
-        };
+        let id = EntryId { term: Term(1), index: Index(i as u64 + 1) };
         let kinds = (0..chunks).map(|_| RecordKind::Chunk).chain([RecordKind::Entry]);
         for kind in kinds {
             let prefix = super::format::encode_prefix(kind, id);

@@ -69,21 +69,13 @@ impl LogReader {
             return Ok(LogReader::new(dir, from, Bound::Fixed(Flushed::empty(0))));
         };
         if from < view.first {
-            return Err(LogError::Compacted {
-                requested: from,
-                first: view.first,
-            });
+            return Err(LogError::Compacted { requested: from, first: view.first });
         }
         let next = format::successor(view.last.index).ok_or(LogError::IndexOutOfRange(view.last.index))?;
         if from > next {
             return Err(LogError::BeyondEnd { requested: from, next });
         }
-        let bound = Flushed {
-            last: Some(view.last),
-            segment: view.end_segment,
-            offset: view.end_offset,
-            epoch: 0,
-        };
+        let bound = Flushed { last: Some(view.last), segment: view.end_segment, offset: view.end_offset, epoch: 0 };
         Ok(LogReader::new(dir, from, Bound::Fixed(bound)))
     }
 
@@ -103,23 +95,13 @@ impl LogReader {
         start: Index,
     ) -> LogReader {
         let mut reader = LogReader::live_unpositioned(dir, from, rx);
-        reader.position = Position::In(Current {
-            first,
-            file,
-            sealed_len: None,
-        });
+        reader.position = Position::In(Current { first, file, sealed_len: None });
         reader.seq = SeqCheck::new(start);
         reader
     }
 
     fn new(dir: &Path, from: Index, bound: Bound) -> LogReader {
-        LogReader {
-            dir: dir.to_path_buf(),
-            from,
-            bound,
-            position: Position::Unlocated,
-            seq: SeqCheck::new(from),
-        }
+        LogReader { dir: dir.to_path_buf(), from, bound, position: Position::Unlocated, seq: SeqCheck::new(from) }
     }
 
     /// The next record of a complete, flushed entry; `Ok(None)` when caught up.
@@ -180,9 +162,7 @@ impl LogReader {
             return Ok(Step::Continue);
         }
         let payload = cur.file.read_payload(&head)?;
-        self.seq
-            .accept(head.kind, head.id)
-            .map_err(|reason| LogError::corrupt(cur.file.path(), head.start, reason))?;
+        self.seq.accept(head.kind, head.id).map_err(|reason| LogError::corrupt(cur.file.path(), head.start, reason))?;
         Ok(Step::Yield(record(&head, payload)))
     }
 
@@ -196,10 +176,7 @@ impl LogReader {
             return Err(LogError::corrupt(&self.dir, 0, "log directory holds no segment"));
         };
         let Some(&holder) = firsts.iter().rev().find(|&&f| f <= self.from) else {
-            return Err(LogError::Compacted {
-                requested: self.from,
-                first,
-            });
+            return Err(LogError::Compacted { requested: self.from, first });
         };
         self.position = Position::In(Current::open(&segment::segment_path(&self.dir, holder), holder)?);
         self.seq = SeqCheck::new(holder);
@@ -220,10 +197,7 @@ impl LogReader {
             let reason = "sealed segment holds no complete entry";
             return Err(LogError::corrupt(&path, end, reason));
         }
-        self.position = Position::Between {
-            prev: path,
-            prev_end: end,
-        };
+        self.position = Position::Between { prev: path, prev_end: end };
         Ok(Step::Continue)
     }
 
@@ -261,11 +235,7 @@ impl Current {
     fn open(path: &Path, first: Index) -> Result<Current, LogError> {
         let mut file = SegmentFile::open(path, 0)?;
         file.read_segment_header(SEGMENT_HEADER_LEN)?;
-        Ok(Current {
-            first,
-            file,
-            sealed_len: None,
-        })
+        Ok(Current { first, file, sealed_len: None })
     }
 
     /// How far this segment may be read now; `None` when nothing more is readable yet.
@@ -285,9 +255,5 @@ impl Current {
 }
 
 fn record(head: &Head, payload: bytes::Bytes) -> Record {
-    Record {
-        kind: head.kind,
-        id: head.id,
-        payload,
-    }
+    Record { kind: head.kind, id: head.id, payload }
 }

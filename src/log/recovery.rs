@@ -58,9 +58,7 @@ pub(crate) fn scan_segment(path: &Path, first: Index) -> Result<ScanOutcome, Log
     let mut file = SegmentFile::open(path, 0)?;
     let len = file.file_len()?;
     if len < SEGMENT_HEADER_LEN {
-        return Ok(ScanOutcome::Unwritten(format!(
-            "file of {len} bytes is shorter than a segment header"
-        )));
+        return Ok(ScanOutcome::Unwritten(format!("file of {len} bytes is shorter than a segment header")));
     }
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     file.read_exact(&mut header, len)?;
@@ -88,12 +86,7 @@ pub(crate) fn scan_segment(path: &Path, first: Index) -> Result<ScanOutcome, Log
 fn scan_records(file: &mut SegmentFile, first: Index, scan: &mut Scan) -> Result<(), LogError> {
     let mut seq = SeqCheck::new(first);
     let mut body = Vec::new();
-    let mut segment = Segment {
-        first,
-        path: file.path().to_path_buf(),
-        len: 0,
-        sparse: Vec::new(),
-    };
+    let mut segment = Segment { first, path: file.path().to_path_buf(), len: 0, sparse: Vec::new() };
     loop {
         match parse_record(file, scan.file_len, &mut body)? {
             Parsed::End => break,
@@ -101,8 +94,7 @@ fn scan_records(file: &mut SegmentFile, first: Index, scan: &mut Scan) -> Result
                 if seq.open_entry().is_none() {
                     segment.note_entry_start(id.index, start);
                 }
-                seq.accept(kind, id)
-                    .map_err(|reason| LogError::corrupt(file.path(), start, reason))?;
+                seq.accept(kind, id).map_err(|reason| LogError::corrupt(file.path(), start, reason))?;
                 scan.first_term.get_or_insert(id.term);
                 if kind == RecordKind::Entry {
                     scan.end = end;
@@ -156,10 +148,7 @@ fn parse_record(file: &mut SegmentFile, len: u64, body: &mut Vec<u8>) -> Result<
     };
     let end = start + RECORD_HEADER_LEN + u64::from(body_len);
     if end > len {
-        return invalid(
-            format!("partial record: {body_len}-byte body runs past the file's end {len}"),
-            None,
-        );
+        return invalid(format!("partial record: {body_len}-byte body runs past the file's end {len}"), None);
     }
     body.resize(body_len as usize, 0);
     file.read_exact(body, len)?;
@@ -201,18 +190,12 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
     };
     let sealed_firsts = firsts.get(..firsts.len().saturating_sub(1)).unwrap_or_default();
     let sealed = check_sealed_segments(dir, sealed_firsts, &last, last_term)?;
-    Ok(Recovered {
-        sealed,
-        last: Some((last, last_id)),
-    })
+    Ok(Recovered { sealed, last: Some((last, last_id)) })
 }
 
 /// Cuts a torn tail off and fsyncs the segment, so that all it holds is durable.
 fn repair_tail(path: &Path, first: Index, scan: Scan) -> Result<Segment, LogError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| LogError::io("open", path, e))?;
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| LogError::io("open", path, e))?;
     if let Some((offset, reason)) = &scan.tail {
         warn!(
             path = %path.display(),
@@ -221,17 +204,11 @@ fn repair_tail(path: &Path, first: Index, scan: Scan) -> Result<Segment, LogErro
             reason = %reason,
             "truncating torn tail of log segment"
         );
-        file.set_len(scan.end)
-            .map_err(|e| LogError::io_at("truncate", path, scan.end, e))?;
+        file.set_len(scan.end).map_err(|e| LogError::io_at("truncate", path, scan.end, e))?;
     }
     // sync_all, not sync_data: a cut tail changes the file size, which must be durable too.
     file.sync_all().map_err(|e| LogError::io("fsync", path, e))?;
-    Ok(Segment {
-        first,
-        path: path.to_path_buf(),
-        len: scan.end,
-        sparse: scan.sparse,
-    })
+    Ok(Segment { first, path: path.to_path_buf(), len: scan.end, sparse: scan.sparse })
 }
 
 fn discard_segment(dir: &Path, path: &Path, reason: &str) -> Result<(), LogError> {
@@ -280,12 +257,7 @@ fn check_sealed(path: &Path, first: Index) -> Result<(Segment, Term), LogError> 
         let reason = format!("first record is of entry {} but the file is named for {first}", head.id);
         return Err(LogError::corrupt(path, SEGMENT_HEADER_LEN, reason));
     }
-    let segment = Segment {
-        first,
-        path: path.to_path_buf(),
-        len,
-        sparse: Vec::new(),
-    };
+    let segment = Segment { first, path: path.to_path_buf(), len, sparse: Vec::new() };
     Ok((segment, head.id.term))
 }
 
@@ -306,12 +278,7 @@ pub(crate) fn offline_view(dir: &Path) -> Result<Option<OfflineView>, LogError> 
         let first = firsts.first().copied().unwrap_or(last);
         if let ScanOutcome::Scanned(scan) = scan_segment(&segment::segment_path(dir, last), last)? {
             if let Some(id) = scan.last_entry {
-                return Ok(Some(OfflineView {
-                    first,
-                    last: id,
-                    end_segment: last,
-                    end_offset: scan.end,
-                }));
+                return Ok(Some(OfflineView { first, last: id, end_segment: last, end_offset: scan.end }));
             }
         }
         firsts.pop();

@@ -83,8 +83,7 @@ impl SegmentFile {
     pub fn with_capacity(path: &Path, offset: u64, capacity: usize) -> Result<SegmentFile, LogError> {
         let mut file = File::open(path).map_err(|e| LogError::io("open", path, e))?;
         if offset != 0 {
-            file.seek(SeekFrom::Start(offset))
-                .map_err(|e| LogError::io_at("seek", path, offset, e))?;
+            file.seek(SeekFrom::Start(offset)).map_err(|e| LogError::io_at("seek", path, offset, e))?;
         }
         Ok(SegmentFile {
             path: path.to_path_buf(),
@@ -145,9 +144,7 @@ impl SegmentFile {
             return Ok(());
         }
         let target = self.offset() + n;
-        self.file
-            .seek(SeekFrom::Start(target))
-            .map_err(|e| LogError::io_at("seek", &self.path, target, e))?;
+        self.file.seek(SeekFrom::Start(target)).map_err(|e| LogError::io_at("seek", &self.path, target, e))?;
         self.file_pos = target;
         self.pos = 0;
         self.filled = 0;

@@ -15,10 +15,7 @@ use super::format::SEGMENT_HEADER_LEN;
 use super::*;
 
 pub(super) fn id(term: u64, index: u64) -> EntryId {
-    EntryId {
-        term: Term(term),
-        index: Index(index),
-    }
+    EntryId { term: Term(term), index: Index(index) }
 }
 
 fn opts(segment_bytes: u64) -> LogOptions {
@@ -49,11 +46,7 @@ pub(super) fn read_all(reader: &mut LogReader) -> Vec<Record> {
 }
 
 fn entry_ids(records: &[Record]) -> Vec<u64> {
-    records
-        .iter()
-        .filter(|r| r.kind == RecordKind::Entry)
-        .map(|r| r.id.index.0)
-        .collect()
+    records.iter().filter(|r| r.kind == RecordKind::Entry).map(|r| r.id.index.0).collect()
 }
 
 pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -108,10 +101,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 fn append_flush_reopen_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogOptions::default()).unwrap();
-    assert_eq!(
-        (log.first_index(), log.last_written(), log.last_flushed()),
-        (None, None, None)
-    );
+    assert_eq!((log.first_index(), log.last_written(), log.last_flushed()), (None, None, None));
     append_entries(&mut log, 1, 1..=10, 100);
     assert_eq!(log.last_written(), Some(id(1, 10)));
     assert_eq!(log.last_flushed(), None);
@@ -183,11 +173,7 @@ fn flipped_bit_in_a_middle_record_is_corruption() {
     let second = SEGMENT_HEADER_LEN + record_len(50);
     flip_byte(&path, second + 30);
 
-    assert_corrupt(
-        Log::open(dir.path(), LogOptions::default()).err().unwrap(),
-        &path,
-        second,
-    );
+    assert_corrupt(Log::open(dir.path(), LogOptions::default()).err().unwrap(), &path, second);
     let err = LogReader::open_offline(dir.path(), Index(1)).err().unwrap();
     assert_corrupt(err, &path, second);
 }
@@ -240,11 +226,7 @@ fn segment_named_for_another_index_is_corruption() {
     let files = segment_files(dir.path());
     let renamed = dir.path().join(format!("{:020}.seg", 2));
     fs::rename(&files[1], &renamed).unwrap();
-    assert_corrupt(
-        Log::open(dir.path(), opts(300)).err().unwrap(),
-        &renamed,
-        SEGMENT_HEADER_LEN,
-    );
+    assert_corrupt(Log::open(dir.path(), opts(300)).err().unwrap(), &renamed, SEGMENT_HEADER_LEN);
 }
 
 #[test]
@@ -260,10 +242,7 @@ fn segments_roll_and_reopen() {
     drop(log);
 
     let mut log = Log::open(dir.path(), opts(500)).unwrap();
-    assert_eq!(
-        (log.first_index(), log.last_written()),
-        (Some(Index(1)), Some(id(1, 50)))
-    );
+    assert_eq!((log.first_index(), log.last_written()), (Some(Index(1)), Some(id(1, 50))));
     for from in [1, 2, 17, 37, 50, 51] {
         let records = read_all(&mut log.reader(Index(from)).unwrap());
         assert_eq!(entry_ids(&records), (from..=50).collect::<Vec<_>>(), "from {from}");
@@ -354,10 +333,7 @@ fn chunked_entries_are_read_whole_and_unfinished_ones_cut_at_recovery() {
         log.append_chunk(id(1, 2), &payload(part, 1000)).unwrap();
     }
     log.flush().unwrap();
-    assert!(
-        reader.next().unwrap().is_none(),
-        "chunks without their entry record are not read"
-    );
+    assert!(reader.next().unwrap().is_none(), "chunks without their entry record are not read");
     assert_eq!(log.last_flushed(), Some(id(1, 1)));
     log.append_entry(id(1, 2), b"two").unwrap();
     log.flush().unwrap();
@@ -400,16 +376,10 @@ fn unfinished_entry_alone_in_a_new_segment_is_removed_at_recovery() {
 fn appends_must_be_contiguous_with_terms_never_decreasing() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), LogOptions::default()).unwrap();
-    assert!(matches!(
-        log.append_entry(id(1, 0), b""),
-        Err(LogError::IndexOutOfRange(_))
-    ));
+    assert!(matches!(log.append_entry(id(1, 0), b""), Err(LogError::IndexOutOfRange(_))));
     log.append_entry(id(3, 5), b"seeded from a snapshot").unwrap();
     let err = log.append_entry(id(3, 7), b"").unwrap_err();
-    assert!(
-        matches!(err, LogError::NotContiguous { expected: Index(6), .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LogError::NotContiguous { expected: Index(6), .. }), "{err}");
     let err = log.append_entry(id(2, 6), b"").unwrap_err();
     assert!(matches!(err, LogError::TermRegressed { .. }), "{err}");
     log.append_chunk(id(4, 6), b"part").unwrap();
@@ -424,17 +394,8 @@ fn appends_must_be_contiguous_with_terms_never_decreasing() {
     log.append_entry(id(4, 7), b"").unwrap();
     log.flush().unwrap();
 
-    assert!(matches!(
-        log.reader(Index(4)),
-        Err(LogError::Compacted {
-            requested: Index(4),
-            first: Index(5)
-        })
-    ));
-    assert!(matches!(
-        log.reader(Index(9)),
-        Err(LogError::BeyondEnd { next: Index(8), .. })
-    ));
+    assert!(matches!(log.reader(Index(4)), Err(LogError::Compacted { requested: Index(4), first: Index(5) })));
+    assert!(matches!(log.reader(Index(9)), Err(LogError::BeyondEnd { next: Index(8), .. })));
     assert!(log.reader(Index(8)).unwrap().next().unwrap().is_none());
     let err = LogReader::open_offline(dir.path(), Index(9)).err().unwrap();
     assert!(matches!(err, LogError::BeyondEnd { .. }), "{err}");
@@ -446,21 +407,14 @@ fn remove_before_then_truncate_after_then_reopen() {
     let mut log = Log::open(dir.path(), opts(400)).unwrap();
     append_entries(&mut log, 1, 1..=60, 50);
     log.flush().unwrap();
-    let before: Vec<_> = segment_files(dir.path())
-        .into_iter()
-        .map(|f| (fs::metadata(&f).unwrap().len(), f))
-        .collect();
+    let before: Vec<_> = segment_files(dir.path()).into_iter().map(|f| (fs::metadata(&f).unwrap().len(), f)).collect();
     let size_before = log.size_bytes();
 
     let freed = log.remove_before(Index(30)).unwrap();
     let first = log.first_index().unwrap();
     assert!(first > Index(1) && first <= Index(30), "first {first}");
     let after = segment_files(dir.path());
-    let removed: u64 = before
-        .iter()
-        .filter(|(_, f)| !after.contains(f))
-        .map(|(len, _)| len)
-        .sum();
+    let removed: u64 = before.iter().filter(|(_, f)| !after.contains(f)).map(|(len, _)| len).sum();
     assert_eq!(freed, removed);
     assert_eq!(log.size_bytes(), size_before - freed);
     assert_eq!(after[0], dir.path().join(format!("{:020}.seg", first.0)));
@@ -470,10 +424,7 @@ fn remove_before_then_truncate_after_then_reopen() {
     let mut stale = log.reader(first).unwrap();
     log.truncate_after(Index(45)).unwrap();
     assert!(matches!(stale.next(), Err(LogError::ReaderInvalidated)));
-    assert_eq!(
-        (log.last_written(), log.last_flushed()),
-        (Some(id(1, 45)), Some(id(1, 45)))
-    );
+    assert_eq!((log.last_written(), log.last_flushed()), (Some(id(1, 45)), Some(id(1, 45))));
     append_entries(&mut log, 2, 46..=50, 50);
     log.flush().unwrap();
     drop(log);
@@ -482,9 +433,7 @@ fn remove_before_then_truncate_after_then_reopen() {
     assert_eq!((log.first_index(), log.last_written()), (Some(first), Some(id(2, 50))));
     let records = read_all(&mut log.reader(first).unwrap());
     assert_eq!(entry_ids(&records), (first.0..=50).collect::<Vec<_>>());
-    assert!(records
-        .iter()
-        .all(|r| r.id.term == Term(if r.id.index.0 > 45 { 2 } else { 1 })));
+    assert!(records.iter().all(|r| r.id.term == Term(if r.id.index.0 > 45 { 2 } else { 1 })));
 }
 
 #[test]
@@ -498,10 +447,7 @@ fn truncate_after_drops_unfinished_entries_and_can_empty_the_log() {
     log.append_entry(id(1, 21), b"fresh").unwrap();
 
     log.truncate_after(Index(9)).unwrap();
-    assert_eq!(
-        (log.first_index(), log.last_written(), log.size_bytes()),
-        (None, None, 0)
-    );
+    assert_eq!((log.first_index(), log.last_written(), log.size_bytes()), (None, None, 0));
     assert!(segment_files(dir.path()).is_empty());
     log.append_entry(id(2, 3), b"restart").unwrap();
     log.flush().unwrap();
@@ -565,11 +511,7 @@ fn offline_reader_stops_quietly_at_a_torn_tail_and_leaves_it() {
     assert_eq!(entry_ids(&records), (5..=20).collect::<Vec<_>>());
     assert_eq!(fs::metadata(&last).unwrap().len(), len - 3);
     let empty = tempfile::tempdir().unwrap();
-    assert!(LogReader::open_offline(empty.path(), Index(1))
-        .unwrap()
-        .next()
-        .unwrap()
-        .is_none());
+    assert!(LogReader::open_offline(empty.path(), Index(1)).unwrap().next().unwrap().is_none());
 }
 
 #[test]

@@ -55,12 +55,7 @@ impl Log {
             }
             None => (None, None, (Index(0), 0)),
         };
-        let flushed = Flushed {
-            last: last_written,
-            segment: committed.0,
-            offset: committed.1,
-            epoch: 0,
-        };
+        let flushed = Flushed { last: last_written, segment: committed.0, offset: committed.1, epoch: 0 };
         let (tx, _) = watch::channel(flushed.clone());
         Ok(Log {
             dir: dir.to_path_buf(),
@@ -303,12 +298,7 @@ impl Log {
     /// Publishes the committed position as flushed. Everything before it is fsynced: sealed
     /// segments at their sealing, the active one by the caller.
     fn publish(&mut self, epoch: u64) {
-        let flushed = Flushed {
-            last: self.last_written,
-            segment: self.committed.0,
-            offset: self.committed.1,
-            epoch,
-        };
+        let flushed = Flushed { last: self.last_written, segment: self.committed.0, offset: self.committed.1, epoch };
         // Within an epoch the flushed position only moves forward.
         debug_assert!(
             epoch != self.flushed.epoch
@@ -324,10 +314,7 @@ impl Log {
 
     fn truncate_to(&mut self, keep: Index) -> Result<(), LogError> {
         if let Some(active) = &mut self.active {
-            active
-                .writer
-                .flush()
-                .map_err(|e| LogError::io("write", &active.segment.path, e))?;
+            active.writer.flush().map_err(|e| LogError::io("write", &active.segment.path, e))?;
         }
         let mut dropped = false;
         while self.active.as_ref().is_some_and(|a| a.segment.first > keep) {
@@ -383,8 +370,7 @@ fn entry_end(segment: &Segment, index: Index) -> Result<(u64, EntryId), LogError
     let mut file = SegmentFile::open(&segment.path, offset)?;
     let mut seq = format::SeqCheck::new(start);
     while let Some(head) = file.read_head(segment.len)? {
-        seq.accept(head.kind, head.id)
-            .map_err(|reason| LogError::corrupt(&segment.path, head.start, reason))?;
+        seq.accept(head.kind, head.id).map_err(|reason| LogError::corrupt(&segment.path, head.start, reason))?;
         if head.kind == RecordKind::Entry && head.id.index == index {
             return Ok((head.end(), head.id));
         }
@@ -405,20 +391,9 @@ impl Active {
             .map_err(|e| LogError::io("create", &path, e))?;
         let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
         let header = format::encode_segment_header();
-        writer
-            .write_all(&header)
-            .map_err(|e| LogError::io_at("write", &path, 0, e))?;
-        let segment = Segment {
-            first,
-            path,
-            len: SEGMENT_HEADER_LEN,
-            sparse: Vec::new(),
-        };
-        let mut active = Active {
-            segment,
-            writer,
-            synced_len: 0,
-        };
+        writer.write_all(&header).map_err(|e| LogError::io_at("write", &path, 0, e))?;
+        let segment = Segment { first, path, len: SEGMENT_HEADER_LEN, sparse: Vec::new() };
+        let mut active = Active { segment, writer, synced_len: 0 };
         active.sync()?;
         segment::sync_dir(dir)?;
         Ok(active)
@@ -427,26 +402,15 @@ impl Active {
     /// Opens an existing, fully synced segment for appending at its end.
     fn reopen(segment: Segment) -> Result<Active, LogError> {
         let path = &segment.path;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| LogError::io("open", path, e))?;
-        file.seek(SeekFrom::Start(segment.len))
-            .map_err(|e| LogError::io_at("seek", path, segment.len, e))?;
-        Ok(Active {
-            synced_len: segment.len,
-            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
-            segment,
-        })
+        let mut file = OpenOptions::new().write(true).open(path).map_err(|e| LogError::io("open", path, e))?;
+        file.seek(SeekFrom::Start(segment.len)).map_err(|e| LogError::io_at("seek", path, segment.len, e))?;
+        Ok(Active { synced_len: segment.len, writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), segment })
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
         let path = &self.segment.path;
         self.writer.flush().map_err(|e| LogError::io("write", path, e))?;
-        self.writer
-            .get_ref()
-            .sync_data()
-            .map_err(|e| LogError::io("fsync", path, e))?;
+        self.writer.get_ref().sync_data().map_err(|e| LogError::io("fsync", path, e))?;
         self.synced_len = self.segment.len;
         Ok(())
     }
@@ -456,10 +420,8 @@ impl Active {
         let path = &self.segment.path;
         self.writer.flush().map_err(|e| LogError::io("write", path, e))?;
         let file = self.writer.get_mut();
-        file.set_len(end)
-            .map_err(|e| LogError::io_at("truncate", path, end, e))?;
-        file.seek(SeekFrom::Start(end))
-            .map_err(|e| LogError::io_at("seek", path, end, e))?;
+        file.set_len(end).map_err(|e| LogError::io_at("truncate", path, end, e))?;
+        file.seek(SeekFrom::Start(end)).map_err(|e| LogError::io_at("seek", path, end, e))?;
         file.sync_all().map_err(|e| LogError::io("fsync", path, e))?;
         self.segment.len = end;
         self.segment.sparse.retain(|&(_, offset)| offset < end);

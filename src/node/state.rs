@@ -18,13 +18,7 @@ pub enum StateError {
     #[error("{path} is damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
     #[error("{path} belongs to node {found_node:?} of cluster {found_cluster:?}, not {node:?} of {cluster:?}: point data_dir elsewhere")]
-    Foreign {
-        path: PathBuf,
-        found_cluster: String,
-        found_node: String,
-        cluster: String,
-        node: String,
-    },
+    Foreign { path: PathBuf, found_cluster: String, found_node: String, cluster: String, node: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,15 +90,10 @@ impl NodeState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let state: NodeState = serde_json::from_slice(&text).map_err(|e| StateError::Damaged {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let state: NodeState = serde_json::from_slice(&text)
+            .map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
         if state.version != STATE_VERSION {
-            return Err(StateError::Damaged {
-                path,
-                reason: format!("unknown version {}", state.version),
-            });
+            return Err(StateError::Damaged { path, reason: format!("unknown version {}", state.version) });
         }
         if state.cluster != cluster || state.node != node {
             return Err(StateError::Foreign {
@@ -120,10 +109,8 @@ impl NodeState {
 
     pub fn save(&self, data_dir: &Path) -> Result<(), StateError> {
         let path = data_dir.join(STATE_FILE);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| StateError::Damaged {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
         write_atomic(&path, &text).map_err(|source| StateError::Io { path, source })
     }
 }
@@ -147,14 +134,8 @@ mod tests {
         let loaded = NodeState::load(dir.path(), "shop", "a").unwrap().unwrap();
         assert_eq!(loaded, state);
         assert_eq!(loaded.leader.unwrap().consistent_point(), Lsn(0x16B3748));
-        assert!(matches!(
-            NodeState::load(dir.path(), "shop", "b"),
-            Err(StateError::Foreign { .. })
-        ));
+        assert!(matches!(NodeState::load(dir.path(), "shop", "b"), Err(StateError::Foreign { .. })));
         std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
-        assert!(matches!(
-            NodeState::load(dir.path(), "shop", "a"),
-            Err(StateError::Damaged { .. })
-        ));
+        assert!(matches!(NodeState::load(dir.path(), "shop", "a"), Err(StateError::Damaged { .. })));
     }
 }

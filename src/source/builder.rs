@@ -106,12 +106,9 @@ impl EntryBuilder {
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Output>) -> Result<(), BuildError> {
         match pgoutput::decode(data)? {
             Message::Begin { final_lsn, xid, .. } => self.begin(final_lsn, xid),
-            Message::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time,
-                ..
-            } => self.commit(commit_lsn, end_lsn, commit_time, out),
+            Message::Commit { commit_lsn, end_lsn, commit_time, .. } => {
+                self.commit(commit_lsn, end_lsn, commit_time, out)
+            }
             Message::Relation(rel) => {
                 self.relations.insert(rel.rel_id, Bytes::copy_from_slice(data));
                 // A changed definition must be copied again before the next change.
@@ -135,15 +132,8 @@ impl EntryBuilder {
                 self.change(&ids, data, out)
             }
             Message::Origin { .. } => Ok(()),
-            Message::Message {
-                transactional: true, ..
-            } => self.change(&[], data, out),
-            Message::Message {
-                transactional: false,
-                lsn,
-                prefix,
-                content,
-            } => {
+            Message::Message { transactional: true, .. } => self.change(&[], data, out),
+            Message::Message { transactional: false, lsn, prefix, content } => {
                 self.standalone_message(lsn, prefix, content, data, out);
                 Ok(())
             }
@@ -185,18 +175,12 @@ impl EntryBuilder {
         }
         entry::push_item(&mut txn.buf, data);
         if txn.buf.len() >= self.spill_bytes {
-            let id = EntryId {
-                term: self.term,
-                index: txn.index,
-            };
+            let id = EntryId { term: self.term, index: txn.index };
             let mut payload = txn.buf.split();
             if !txn.spilled {
                 payload.advance(HEADER_BYTES); // the header goes with the closing record
             }
-            out.push(Output::Chunk {
-                id,
-                payload: payload.freeze(),
-            });
+            out.push(Output::Chunk { id, payload: payload.freeze() });
             txn.spilled = true;
         }
         Ok(())
@@ -221,23 +205,10 @@ impl EntryBuilder {
             txn.buf = with_header;
         }
         debug_assert!(commit_lsn >= txn.final_lsn || commit_lsn == Lsn::ZERO);
-        let header = EntryHeader {
-            kind: EntryKind::Transaction,
-            commit_lsn,
-            end_lsn,
-            commit_time,
-            xid: txn.xid,
-        };
+        let header = EntryHeader { kind: EntryKind::Transaction, commit_lsn, end_lsn, commit_time, xid: txn.xid };
         header.write_into(&mut txn.buf);
-        let id = EntryId {
-            term: self.term,
-            index: txn.index,
-        };
-        out.push(Output::Entry {
-            id,
-            payload: txn.buf.freeze(),
-            end_lsn,
-        });
+        let id = EntryId { term: self.term, index: txn.index };
+        out.push(Output::Entry { id, payload: txn.buf.freeze(), end_lsn });
         self.resume_after = end_lsn;
         self.next_index = self.next_index.next();
         Ok(())
@@ -257,23 +228,9 @@ impl EntryBuilder {
         let mut buf = BytesMut::with_capacity(HEADER_BYTES + 4 + data.len());
         buf.resize(HEADER_BYTES, 0);
         entry::push_item(&mut buf, data);
-        EntryHeader {
-            kind,
-            commit_lsn: lsn,
-            end_lsn,
-            commit_time,
-            xid: 0,
-        }
-        .write_into(&mut buf);
-        let id = EntryId {
-            term: self.term,
-            index: self.next_index,
-        };
-        out.push(Output::Entry {
-            id,
-            payload: buf.freeze(),
-            end_lsn,
-        });
+        EntryHeader { kind, commit_lsn: lsn, end_lsn, commit_time, xid: 0 }.write_into(&mut buf);
+        let id = EntryId { term: self.term, index: self.next_index };
+        out.push(Output::Entry { id, payload: buf.freeze(), end_lsn });
         self.resume_after = end_lsn;
         self.next_index = self.next_index.next();
     }
@@ -318,11 +275,7 @@ pub fn parse_heartbeat(content: &[u8]) -> Option<Heartbeat> {
         return None;
     }
     let emitted_pg_micros = unix.checked_sub(crate::source::conn::PG_EPOCH_OFFSET_MICROS)?;
-    Some(Heartbeat {
-        node,
-        term,
-        emitted_pg_micros,
-    })
+    Some(Heartbeat { node, term, emitted_pg_micros })
 }
 
 #[cfg(test)]
@@ -391,9 +344,7 @@ mod tests {
     }
 
     fn entry(output: &Output) -> (EntryId, EntryHeader, Vec<Vec<u8>>) {
-        let Output::Entry { id, payload, .. } = output else {
-            panic!("expected an entry, got {output:?}")
-        };
+        let Output::Entry { id, payload, .. } = output else { panic!("expected an entry, got {output:?}") };
         let (header, items) = decode_entry(payload).unwrap();
         (*id, header, items.map(|i| i.unwrap().to_vec()).collect())
     }
@@ -403,23 +354,11 @@ mod tests {
         let mut b = EntryBuilder::new(Term(3), Index(10), Lsn(0x100), DEFAULT_SPILL_BYTES);
         let out = push_all(
             &mut b,
-            &[
-                relation(5, "t"),
-                begin(0x200, 9),
-                insert(5, "1"),
-                insert(5, "2"),
-                commit(0x200, 0x230),
-            ],
+            &[relation(5, "t"), begin(0x200, 9), insert(5, "1"), insert(5, "2"), commit(0x200, 0x230)],
         );
         assert_eq!(out.len(), 1);
         let (id, header, items) = entry(&out[0]);
-        assert_eq!(
-            id,
-            EntryId {
-                term: Term(3),
-                index: Index(10)
-            }
-        );
+        assert_eq!(id, EntryId { term: Term(3), index: Index(10) });
         assert_eq!(
             (header.kind, header.commit_lsn, header.end_lsn, header.xid),
             (EntryKind::Transaction, Lsn(0x200), Lsn(0x230), 9)
@@ -456,14 +395,8 @@ mod tests {
         );
         assert_eq!(out.len(), 2);
         let (beat_id, beat, _) = entry(&out[0]);
-        assert_eq!(
-            (beat_id.index, beat.kind, beat.end_lsn),
-            (Index(4), EntryKind::Heartbeat, Lsn(0x340))
-        );
-        assert_eq!(
-            beat.commit_time,
-            1_700_000_000_000_000 - crate::source::conn::PG_EPOCH_OFFSET_MICROS
-        );
+        assert_eq!((beat_id.index, beat.kind, beat.end_lsn), (Index(4), EntryKind::Heartbeat, Lsn(0x340)));
+        assert_eq!(beat.commit_time, 1_700_000_000_000_000 - crate::source::conn::PG_EPOCH_OFFSET_MICROS);
         let (txn_id, txn, items) = entry(&out[1]);
         assert_eq!((txn_id.index, txn.commit_lsn), (Index(5), Lsn(0x340)));
         assert_eq!(items, vec![relation(5, "t"), insert(5, "new")]);
@@ -482,9 +415,7 @@ mod tests {
         assert!(out.len() > 3, "expected chunks, got {} records", out.len());
         let mut items = Vec::new();
         for chunk in &out[..out.len() - 1] {
-            let Output::Chunk { id, payload } = chunk else {
-                panic!("expected a chunk")
-            };
+            let Output::Chunk { id, payload } = chunk else { panic!("expected a chunk") };
             assert_eq!(id.index, Index(1));
             assert!(payload.len() < 400);
             items.extend(chunk_items(payload).map(|i| i.unwrap().to_vec()));
@@ -509,10 +440,7 @@ mod tests {
         // The relation cache belonged to the old session.
         let mut out = Vec::new();
         b.push(&begin(0x100, 3), &mut out).unwrap();
-        assert!(matches!(
-            b.push(&insert(5, "x"), &mut out),
-            Err(BuildError::UnknownRelation(5))
-        ));
+        assert!(matches!(b.push(&insert(5, "x"), &mut out), Err(BuildError::UnknownRelation(5))));
     }
 
     #[test]
@@ -530,33 +458,18 @@ mod tests {
             ],
         );
         let (_, _, items) = entry(&out[0]);
-        assert_eq!(
-            items,
-            vec![relation(5, "t"), insert(5, "1"), relation(5, "t2"), insert(5, "2")]
-        );
+        assert_eq!(items, vec![relation(5, "t"), insert(5, "1"), relation(5, "t2"), insert(5, "2")]);
     }
 
     #[test]
     fn out_of_place_messages_are_errors() {
         let mut b = EntryBuilder::new(Term(1), Index(1), Lsn(0), DEFAULT_SPILL_BYTES);
         let mut out = Vec::new();
-        assert!(matches!(
-            b.push(&insert(5, "1"), &mut out),
-            Err(BuildError::OutsideTransaction(_))
-        ));
-        assert!(matches!(
-            b.push(&commit(1, 2), &mut out),
-            Err(BuildError::OutsideTransaction(_))
-        ));
+        assert!(matches!(b.push(&insert(5, "1"), &mut out), Err(BuildError::OutsideTransaction(_))));
+        assert!(matches!(b.push(&commit(1, 2), &mut out), Err(BuildError::OutsideTransaction(_))));
         b.push(&begin(0x100, 1), &mut out).unwrap();
-        assert!(matches!(
-            b.push(&begin(0x100, 1), &mut out),
-            Err(BuildError::NestedBegin)
-        ));
-        assert!(matches!(
-            b.push(&insert(5, "1"), &mut out),
-            Err(BuildError::UnknownRelation(5))
-        ));
+        assert!(matches!(b.push(&begin(0x100, 1), &mut out), Err(BuildError::NestedBegin)));
+        assert!(matches!(b.push(&insert(5, "1"), &mut out), Err(BuildError::UnknownRelation(5))));
         assert!(matches!(b.push(b"Z", &mut out), Err(BuildError::Decode(_))));
         assert!(out.is_empty());
     }

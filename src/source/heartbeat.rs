@@ -53,10 +53,6 @@ async fn beat(
         _ => client.insert(crate::sql::connect(pg).await?),
     };
     let content = heartbeat_content(node, term, unix_micros_now());
-    c.execute(
-        "SELECT pg_logical_emit_message(false, $1, $2)",
-        &[&HEARTBEAT_PREFIX, &content],
-    )
-    .await?;
+    c.execute("SELECT pg_logical_emit_message(false, $1, $2)", &[&HEARTBEAT_PREFIX, &content]).await?;
     Ok(())
 }

@@ -18,10 +18,11 @@ pub mod conn;
 pub mod heartbeat;
 pub mod pgoutput;
 pub mod setup;
+pub mod stream;
+mod tail;
 pub mod writer;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,15 +35,10 @@ use crate::log::entry::{EntryError, EntryHeader};
 use crate::log::{Log, LogError, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::node::{NodeState, StateError};
-use builder::{BuildError, EntryBuilder, Output};
-use conn::{CopyMessage, ReplConnection, ReplError};
+use builder::{BuildError, EntryBuilder};
+use conn::{ReplConnection, ReplError};
+use stream::{ReplStream, SharedSink};
 use writer::{Durable, WriteCmd, Writer};
-
-/// Records gathered from the socket before they are handed to the writer.
-pub const BATCH_BYTES: usize = 4 << 20;
-/// Standby status is sent at least this often, well inside PostgreSQL's default 60 s
-/// `wal_sender_timeout`.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -64,6 +60,8 @@ pub enum SourceError {
     Entry(EntryId, EntryError),
     #[error("cannot start the log writer: {0}")]
     Thread(std::io::Error),
+    #[error("the streaming thread panicked")]
+    StreamThread,
 }
 
 impl SourceError {
@@ -87,7 +85,8 @@ impl SourceError {
             | SourceError::State(_)
             | SourceError::WriterGone
             | SourceError::Entry(..)
-            | SourceError::Thread(_) => ErrorClass::Fatal,
+            | SourceError::Thread(_)
+            | SourceError::StreamThread => ErrorClass::Fatal,
         }
     }
 }
@@ -96,32 +95,17 @@ impl SourceError {
 pub fn log_position(log: &Log, consistent_point: Lsn) -> Result<(Index, Durable), SourceError> {
     let Some(last) = log.last_written() else {
         let next = log.first_index().unwrap_or(Index(1));
-        return Ok((
-            next,
-            Durable {
-                last: None,
-                end_lsn: consistent_point,
-            },
-        ));
+        return Ok((next, Durable { last: None, end_lsn: consistent_point }));
     };
     let mut reader = log.reader(last.index)?;
     while let Some(record) = reader.next()? {
         if matches!(record.kind, RecordKind::Entry) && record.id == last {
             let header = EntryHeader::decode(&record.payload).map_err(|e| SourceError::Entry(last, e))?;
             let end_lsn = header.end_lsn.max(consistent_point);
-            return Ok((
-                last.index.next(),
-                Durable {
-                    last: Some(last),
-                    end_lsn,
-                },
-            ));
+            return Ok((last.index.next(), Durable { last: Some(last), end_lsn }));
         }
     }
-    Err(SourceError::Log(LogError::BeyondEnd {
-        requested: last.index,
-        next: last.index,
-    }))
+    Err(SourceError::Log(LogError::BeyondEnd { requested: last.index, next: last.index }))
 }
 
 /// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`.
@@ -153,7 +137,8 @@ pub async fn run_leader(
         durable.end_lsn = durable.end_lsn.max(leader.consistent_point());
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE_BATCHES);
-        let (writer_thread, durable_rx) = Writer::spawn(log, durable, rx).map_err(SourceError::Thread)?;
+        let sink = SharedSink::default();
+        let (writer_thread, durable_rx) = Writer::spawn(log, durable, rx, sink.clone()).map_err(SourceError::Thread)?;
         let heartbeat = tokio::spawn(heartbeat::run(
             config.postgres.clone(),
             config.node.clone(),
@@ -161,13 +146,12 @@ pub async fn run_leader(
             config.source.heartbeat_interval,
             cancel.child_token(),
         ));
-        let mut builder = EntryBuilder::new(term, next_index, durable.end_lsn, config.source.spill_bytes);
-        let result = stream_with_retries(&config, &leader.slot, &mut builder, &tx, durable_rx, &cancel).await;
+        let builder = EntryBuilder::new(term, next_index, durable.end_lsn, config.source.spill_bytes);
+        let result = stream_with_retries(&config, &leader.slot, builder, &tx, durable_rx, &sink, &cancel).await;
         drop(tx);
         heartbeat.abort();
-        let written = tokio::task::spawn_blocking(move || writer_thread.join())
-            .await
-            .map_err(|_| SourceError::WriterGone)?;
+        let written =
+            tokio::task::spawn_blocking(move || writer_thread.join()).await.map_err(|_| SourceError::WriterGone)?;
         match written {
             Ok(Ok(())) => result,
             Ok(Err(e)) => Err(e.into()),
@@ -198,24 +182,31 @@ fn application_name(config: &Config) -> String {
 async fn stream_with_retries(
     config: &Config,
     slot: &str,
-    builder: &mut EntryBuilder,
+    mut builder: EntryBuilder,
     writer: &mpsc::Sender<WriteCmd>,
-    mut durable: watch::Receiver<Durable>,
+    durable: watch::Receiver<Durable>,
+    sink: &SharedSink,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     let mut backoff = Backoff::default();
     loop {
         let start = builder.resume_after();
-        let result = async {
-            let mut conn = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
-            conn.start_replication(slot, start, &config.source.publication).await?;
-            info!(start_lsn = %start, "streaming");
-            backoff.reset();
-            stream(&mut conn, builder, writer, &mut durable, cancel).await?;
-            conn.close().await;
-            Ok::<(), SourceError>(())
-        }
-        .await;
+        let result = match open_stream(config, slot, start).await {
+            Ok(stream) => {
+                info!(start_lsn = %start, "streaming");
+                backoff.reset();
+                let (w, d, s, c) = (writer.clone(), durable.clone(), sink.clone(), cancel.clone());
+                let joined = tokio::task::spawn_blocking(move || {
+                    let result = tail::tail(stream, &mut builder, &w, d, &s, &c);
+                    (builder, result)
+                })
+                .await
+                .map_err(|_| SourceError::StreamThread)?;
+                builder = joined.0;
+                joined.1
+            }
+            Err(e) => Err(e),
+        };
         if builder.reset_stream() && writer.send(WriteCmd::DropUnfinished).await.is_err() {
             return Err(SourceError::WriterGone);
         }
@@ -227,6 +218,11 @@ async fn stream_with_retries(
             return Ok(());
         }
     }
+}
+
+async fn open_stream(config: &Config, slot: &str, start: Lsn) -> Result<ReplStream, SourceError> {
+    let conn = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
+    Ok(conn.start_replication(slot, start, &config.source.publication).await?)
 }
 
 /// Logs a failed attempt and waits before the next one; fatal errors end the source.
@@ -249,64 +245,4 @@ async fn wait_or_fail(e: SourceError, backoff: &mut Backoff, cancel: &Cancellati
         _ = tokio::time::sleep(delay) => {}
     }
     Ok(())
-}
-
-/// Streams until cancelled or the connection fails.
-async fn stream(
-    conn: &mut ReplConnection,
-    builder: &mut EntryBuilder,
-    writer: &mpsc::Sender<WriteCmd>,
-    durable: &mut watch::Receiver<Durable>,
-    cancel: &CancellationToken,
-) -> Result<(), SourceError> {
-    let mut batch: Vec<Output> = Vec::new();
-    let mut batch_bytes = 0;
-    let mut reported = Lsn::ZERO;
-    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut force_status = false;
-    loop {
-        while let Some(message) = conn.try_next_copy()? {
-            match message {
-                CopyMessage::XLogData { data, .. } => {
-                    let before = batch.len();
-                    builder.push(&data, &mut batch)?;
-                    batch_bytes += batch[before..].iter().map(Output::len).sum::<usize>();
-                    if batch_bytes >= BATCH_BYTES {
-                        send_batch(writer, &mut batch, &mut batch_bytes).await?;
-                    }
-                }
-                CopyMessage::Keepalive { reply_requested, .. } => force_status |= reply_requested,
-            }
-        }
-        send_batch(writer, &mut batch, &mut batch_bytes).await?;
-        let flushed = durable.borrow_and_update().end_lsn;
-        if force_status || flushed > reported {
-            conn.send_status(flushed, flushed, flushed, false).await?;
-            reported = flushed;
-            force_status = false;
-        }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Ok(()),
-            changed = durable.changed() => changed.map_err(|_| SourceError::WriterGone)?,
-            _ = status_tick.tick() => force_status = true,
-            filled = conn.fill() => filled?,
-        }
-    }
-}
-
-async fn send_batch(
-    writer: &mpsc::Sender<WriteCmd>,
-    batch: &mut Vec<Output>,
-    bytes: &mut usize,
-) -> Result<(), SourceError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    *bytes = 0;
-    writer
-        .send(WriteCmd::Records(std::mem::take(batch)))
-        .await
-        .map_err(|_| SourceError::WriterGone)
 }

@@ -151,17 +151,9 @@ pub enum DecodeError {
     #[error("unknown pgoutput tuple value kind {kind:#04x} at byte {offset}")]
     UnknownValueKind { kind: u8, offset: usize },
     #[error("unknown pgoutput {what} flags {flags:#04x} at byte {offset}")]
-    UnknownFlags {
-        what: &'static str,
-        flags: u8,
-        offset: usize,
-    },
+    UnknownFlags { what: &'static str, flags: u8, offset: usize },
     #[error("negative pgoutput {what} length {len} at byte {offset}")]
-    NegativeLength {
-        what: &'static str,
-        len: i32,
-        offset: usize,
-    },
+    NegativeLength { what: &'static str, len: i32, offset: usize },
     #[error("pgoutput column count {count} at byte {offset} is over {MAX_COLUMNS}")]
     TooManyColumns { count: u16, offset: usize },
     #[error("{len} bytes after the end of the pgoutput message at byte {offset}")]
@@ -174,16 +166,11 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
     let message = match r.u8("message tag")? {
         b'B' => begin(&mut r)?,
         b'C' => commit(&mut r)?,
-        b'O' => Message::Origin {
-            commit_lsn: r.lsn("origin commit lsn")?,
-            name: r.str("origin name")?,
-        },
+        b'O' => Message::Origin { commit_lsn: r.lsn("origin commit lsn")?, name: r.str("origin name")? },
         b'R' => Message::Relation(relation::read(&mut r)?),
-        b'Y' => Message::Type {
-            oid: r.u32("type oid")?,
-            namespace: r.str("type namespace")?,
-            name: r.str("type name")?,
-        },
+        b'Y' => {
+            Message::Type { oid: r.u32("type oid")?, namespace: r.str("type namespace")?, name: r.str("type name")? }
+        }
         b'I' => insert(&mut r)?,
         b'U' => update(&mut r)?,
         b'D' => delete(&mut r)?,
@@ -225,10 +212,7 @@ fn commit<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
 
 fn insert<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
     let rel_id = r.u32("relation id")?;
-    Ok(Message::Insert {
-        rel_id,
-        new: tuple::read_new(r)?,
-    })
+    Ok(Message::Insert { rel_id, new: tuple::read_new(r)? })
 }
 
 fn update<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
@@ -256,15 +240,9 @@ fn truncate<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
     let count = r.u32("truncate relation count")?;
     let options = r.u8("truncate options")?;
     let bytes = usize::try_from(count).ok().and_then(|n| n.checked_mul(4));
-    let bytes = bytes.ok_or(DecodeError::UnexpectedEnd {
-        what: "truncate relation ids",
-        offset,
-    })?;
+    let bytes = bytes.ok_or(DecodeError::UnexpectedEnd { what: "truncate relation ids", offset })?;
     let raw = r.take(bytes, "truncate relation ids")?;
-    Ok(Message::Truncate {
-        options,
-        rel_ids: RelIds { raw },
-    })
+    Ok(Message::Truncate { options, rel_ids: RelIds { raw } })
 }
 
 fn logical_message<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
@@ -272,13 +250,7 @@ fn logical_message<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
     let transactional = match r.u8("message flags")? {
         0 => false,
         1 => true,
-        flags => {
-            return Err(DecodeError::UnknownFlags {
-                what: "message",
-                flags,
-                offset,
-            })
-        }
+        flags => return Err(DecodeError::UnknownFlags { what: "message", flags, offset }),
     };
     Ok(Message::Message {
         transactional,

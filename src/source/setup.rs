@@ -13,10 +13,7 @@ use crate::source::SourceError;
 /// Creates the publication (all tables) when missing, and warns about published tables whose
 /// UPDATEs and DELETEs PostgreSQL would reject for lack of a replica identity.
 pub async fn ensure_publication(client: &tokio_postgres::Client, publication: &str) -> Result<(), SourceError> {
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
-        .await?
-        .is_some();
+    let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?.is_some();
     if !exists {
         let sql = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
         client.batch_execute(&sql).await?;
@@ -65,12 +62,8 @@ pub async fn ensure_slot(
     }
     // No record of a slot: one of our name can only be left from a start that crashed before
     // recording it, so nothing was ever streamed from it.
-    let stale = client
-        .query_opt(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&settings.slot],
-        )
-        .await?;
+    let stale =
+        client.query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&settings.slot]).await?;
     match stale {
         Some(row) if row.get::<_, bool>(0) => {
             return Err(SourceError::Setup(format!(
@@ -80,9 +73,7 @@ pub async fn ensure_slot(
             )))
         }
         Some(_) => {
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&settings.slot])
-                .await?;
+            client.execute("SELECT pg_drop_replication_slot($1)", &[&settings.slot]).await?;
             info!(slot = %settings.slot, "dropped unrecorded slot left by an interrupted start");
         }
         None => {}
@@ -114,10 +105,7 @@ async fn check_existing(
         )));
     }
     let slot = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&leader.slot],
-        )
+        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&leader.slot])
         .await?;
     let Some(slot) = slot else {
         return Err(SourceError::Setup(format!(

@@ -7,18 +7,23 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::log::{Log, LogError};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::source::builder::Output;
+use crate::source::stream::SharedSink;
 
 /// Batches that may wait for the writer; with the source's batch size this bounds the memory
 /// between network and disk.
 pub const WRITE_QUEUE_BATCHES: usize = 8;
 /// Bytes appended before the writer stops gathering and fsyncs.
 pub const GROUP_COMMIT_BYTES: usize = 32 << 20;
+/// Under sustained load, the writer lets this long pass between fsyncs so each one covers
+/// more; after an idle period it fsyncs at once.
+pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 
 pub enum WriteCmd {
     Records(Vec<Output>),
@@ -40,6 +45,7 @@ pub struct Writer {
     log: Arc<Mutex<Log>>,
     durable: watch::Sender<Durable>,
     written_end: Lsn,
+    sink: SharedSink,
 }
 
 impl Writer {
@@ -49,38 +55,56 @@ impl Writer {
         log: Arc<Mutex<Log>>,
         start: Durable,
         rx: mpsc::Receiver<WriteCmd>,
+        sink: SharedSink,
     ) -> std::io::Result<(WriterThread, watch::Receiver<Durable>)> {
         let (durable, durable_rx) = watch::channel(start);
-        let writer = Writer {
-            log,
-            durable,
-            written_end: start.end_lsn,
-        };
-        let handle = std::thread::Builder::new()
-            .name("walship-log-writer".into())
-            .spawn(move || writer.run(rx))?;
+        let writer = Writer { log, durable, written_end: start.end_lsn, sink };
+        let handle = std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))?;
         Ok((handle, durable_rx))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
+        let mut last_flush: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
             let shared = Arc::clone(&self.log);
             let mut log = shared.lock().map_err(|_| LogError::Failed)?;
             let mut bytes = self.apply(&mut log, first)?;
-            while bytes < GROUP_COMMIT_BYTES {
-                match rx.try_recv() {
-                    Ok(cmd) => bytes += self.apply(&mut log, cmd)?,
-                    Err(_) => break,
-                }
+            bytes += self.drain(&mut log, &mut rx, bytes)?;
+            if let Some(wait) = last_flush.and_then(|t| GROUP_COMMIT_WINDOW.checked_sub(t.elapsed())) {
+                drop(log);
+                std::thread::sleep(wait);
+                log = shared.lock().map_err(|_| LogError::Failed)?;
+                self.drain(&mut log, &mut rx, bytes)?;
             }
             let last = log.flush()?;
             drop(log);
-            self.durable.send_replace(Durable {
-                last,
-                end_lsn: self.written_end,
-            });
+            last_flush = Some(Instant::now());
+            self.durable.send_replace(Durable { last, end_lsn: self.written_end });
+            self.report();
         }
         Ok(())
+    }
+
+    /// Appends whatever else is queued, up to [`GROUP_COMMIT_BYTES`] in all.
+    fn drain(&mut self, log: &mut Log, rx: &mut mpsc::Receiver<WriteCmd>, mut bytes: usize) -> Result<usize, LogError> {
+        let start = bytes;
+        while bytes < GROUP_COMMIT_BYTES {
+            match rx.try_recv() {
+                Ok(cmd) => bytes += self.apply(log, cmd)?,
+                Err(_) => break,
+            }
+        }
+        Ok(bytes - start)
+    }
+
+    /// Tells PostgreSQL what is now durable, if a stream is connected. A failed send is left
+    /// to the streaming thread, which sees the broken connection itself.
+    fn report(&self) {
+        if let Ok(mut guard) = self.sink.lock() {
+            if let Some(sink) = guard.as_mut() {
+                let _ = sink.report(self.written_end, false);
+            }
+        }
     }
 
     fn apply(&mut self, log: &mut Log, cmd: WriteCmd) -> Result<usize, LogError> {

@@ -20,10 +20,7 @@ pub fn free_port() -> u16 {
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -68,11 +65,7 @@ impl Sidecar {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "sidecar already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_walship"))
             .args(["run", "--config"])
             .arg(&self.config_path)
@@ -104,11 +97,7 @@ impl Sidecar {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(
-                        status.success(),
-                        "sidecar exited with {status}; log:\n{}",
-                        self.log_tail()
-                    );
+                    assert!(status.success(), "sidecar exited with {status}; log:\n{}", self.log_tail());
                     return;
                 }
                 if Instant::now() > deadline {
@@ -138,11 +127,7 @@ impl Sidecar {
     pub fn assert_no_errors(&self) {
         let text = self.log_text();
         let errors: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ")).collect();
-        assert!(
-            errors.is_empty(),
-            "unexpected errors in the sidecar log:\n{}",
-            errors.join("\n")
-        );
+        assert!(errors.is_empty(), "unexpected errors in the sidecar log:\n{}", errors.join("\n"));
     }
 
     /// The log's entries as `walship inspect --json` prints them.
@@ -161,11 +146,7 @@ impl Drop for Sidecar {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
@@ -177,11 +158,7 @@ pub fn inspect(data_dir: &Path) -> Vec<serde_json::Value> {
         .stdout(Stdio::piped())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "inspect failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
     BufReader::new(&out.stdout[..])
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).expect("inspect printed invalid JSON"))
@@ -193,10 +170,7 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let code = response
@@ -204,9 +178,6 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((code, body))
 }

@@ -24,11 +24,7 @@ const SERVER_PROGRAMS: &[&str] = &[
 impl Instance {
     /// `host=127.0.0.1 port=N user=postgres dbname=DB`, plus `password=...` when set.
     pub fn conninfo(&self, dbname: &str) -> String {
-        let mut info = format!(
-            "host={HOST} port={} user=postgres dbname={}",
-            self.port,
-            conninfo_value(dbname)
-        );
+        let mut info = format!("host={HOST} port={} user=postgres dbname={}", self.port, conninfo_value(dbname));
         if let Some(password) = &self.password {
             info.push_str(" password=");
             info.push_str(&conninfo_value(password));

@@ -25,10 +25,7 @@ impl<'a> Reader<'a> {
     }
 
     fn end(&self, what: &'static str) -> DecodeError {
-        DecodeError::UnexpectedEnd {
-            what,
-            offset: self.offset,
-        }
+        DecodeError::UnexpectedEnd { what, offset: self.offset }
     }
 
     #[inline]
@@ -120,10 +117,7 @@ impl<'a> Reader<'a> {
     pub(super) fn finish(&self) -> Result<(), DecodeError> {
         match self.rest.len() {
             0 => Ok(()),
-            len => Err(DecodeError::TrailingBytes {
-                offset: self.offset,
-                len,
-            }),
+            len => Err(DecodeError::TrailingBytes { offset: self.offset, len }),
         }
     }
 }

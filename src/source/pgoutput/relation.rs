@@ -28,10 +28,7 @@ impl<'a> Relation<'a> {
     }
 
     pub fn columns(&self) -> Columns<'a> {
-        Columns {
-            reader: Reader::new(self.raw_columns),
-            remaining: self.column_count,
-        }
+        Columns { reader: Reader::new(self.raw_columns), remaining: self.column_count }
     }
 }
 
@@ -93,14 +90,7 @@ pub(super) fn read<'a>(r: &mut Reader<'a>) -> Result<Relation<'a>, DecodeError> 
     let replica_identity = r.u8("relation replica identity")?;
     let column_count = r.column_count()?;
     let raw_columns = r.walk(column_count, read_column)?;
-    Ok(Relation {
-        rel_id,
-        namespace,
-        name,
-        replica_identity,
-        column_count,
-        raw_columns,
-    })
+    Ok(Relation { rel_id, namespace, name, replica_identity, column_count, raw_columns })
 }
 
 fn read_column<'a>(r: &mut Reader<'a>) -> Result<Column<'a>, DecodeError> {

@@ -39,10 +39,7 @@ impl<'a> Tuple<'a> {
     }
 
     pub fn values(&self) -> Values<'a> {
-        Values {
-            reader: Reader::new(self.raw),
-            remaining: self.len,
-        }
+        Values { reader: Reader::new(self.raw), remaining: self.len }
     }
 }
 

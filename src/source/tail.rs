@@ -1,0 +1,111 @@
+//! The streaming thread: read the replication stream, build records, hand them to the writer,
+//! and tell PostgreSQL what is durable.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::source::builder::{EntryBuilder, Output};
+use crate::source::stream::{CopyMessage, ReplStream, SharedSink, StatusSink};
+use crate::source::writer::{Durable, WriteCmd};
+use crate::source::SourceError;
+
+/// Records gathered from the socket before they are handed to the writer.
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Standby status is sent at least this often, well inside PostgreSQL's default 60 s
+/// `wal_sender_timeout`.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a read waits for data, bounding how late cancellation is noticed.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Streams until `cancel` or the connection fails. Runs on its own thread with blocking I/O.
+/// The log writer reports each fsync through `sink`; this thread answers keepalives and sends
+/// the periodic status.
+pub fn tail(
+    mut stream: ReplStream,
+    builder: &mut EntryBuilder,
+    writer: &mpsc::Sender<WriteCmd>,
+    durable: watch::Receiver<Durable>,
+    sink: &SharedSink,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    set_sink(sink, Some(stream.status_sink()?));
+    let result = stream_until_cancelled(&mut stream, builder, writer, durable, sink, cancel);
+    set_sink(sink, None);
+    if result.is_ok() {
+        stream.close();
+    }
+    result
+}
+
+fn stream_until_cancelled(
+    stream: &mut ReplStream,
+    builder: &mut EntryBuilder,
+    writer: &mpsc::Sender<WriteCmd>,
+    durable: watch::Receiver<Durable>,
+    sink: &SharedSink,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    let mut batch = Batch::default();
+    let mut last_status: Option<Instant> = None;
+    loop {
+        let mut reply_requested = false;
+        while let Some(message) = stream.try_next_copy()? {
+            match message {
+                CopyMessage::XLogData { data, .. } => {
+                    batch.push(builder, &data)?;
+                    if batch.bytes >= BATCH_BYTES {
+                        batch.send(writer)?;
+                    }
+                }
+                CopyMessage::Keepalive { reply_requested: r, .. } => reply_requested |= r,
+            }
+        }
+        batch.send(writer)?;
+        if durable.has_changed().is_err() {
+            return Err(SourceError::WriterGone);
+        }
+        if reply_requested || last_status.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL) {
+            let flushed = durable.borrow().end_lsn;
+            if let Some(s) = sink.lock().map_err(|_| SourceError::WriterGone)?.as_mut() {
+                s.report(flushed, true)?;
+            }
+            last_status = Some(Instant::now());
+        }
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        stream.fill(READ_TIMEOUT)?;
+    }
+}
+
+fn set_sink(sink: &SharedSink, value: Option<StatusSink>) {
+    if let Ok(mut guard) = sink.lock() {
+        *guard = value;
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<Output>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, builder: &mut EntryBuilder, data: &[u8]) -> Result<(), SourceError> {
+        let before = self.records.len();
+        builder.push(data, &mut self.records)?;
+        self.bytes += self.records.get(before..).unwrap_or_default().iter().map(Output::len).sum::<usize>();
+        Ok(())
+    }
+
+    /// Hands the batch to the writer, waiting while its queue is full (backpressure).
+    fn send(&mut self, writer: &mpsc::Sender<WriteCmd>) -> Result<(), SourceError> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        writer.blocking_send(WriteCmd::Records(std::mem::take(&mut self.records))).map_err(|_| SourceError::WriterGone)
+    }
+}
