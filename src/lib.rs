@@ -13,6 +13,7 @@ pub mod localpg;
 pub mod log;
 pub mod lsn;
 pub mod node;
+pub mod relay;
 pub mod sidecar;
 pub mod source;
 pub mod sql;
