@@ -19,10 +19,7 @@ pub fn encode_frame(message: &Message, buf: &mut BytesMut) -> Result<(), FrameEr
 fn fill_header(buf: &mut BytesMut, start: usize) -> Result<(), FrameError> {
     let body_start = start + FRAME_HEADER_BYTES;
     let body = buf.get(body_start..).unwrap_or_default();
-    let too_large = || FrameError::TooLarge {
-        len: body.len() as u64,
-        max: MAX_FRAME_BYTES,
-    };
+    let too_large = || FrameError::TooLarge { len: body.len() as u64, max: MAX_FRAME_BYTES };
     if body.len() > MAX_FRAME_BYTES {
         return Err(too_large());
     }
@@ -49,10 +46,7 @@ pub(super) fn decode_header(header: [u8; FRAME_HEADER_BYTES], max: usize) -> Res
     match usize::try_from(len) {
         Ok(0) => Err(FrameError::Empty),
         Ok(body_len) if body_len <= max => Ok(Header { body_len, crc }),
-        _ => Err(FrameError::TooLarge {
-            len: u64::from(len),
-            max,
-        }),
+        _ => Err(FrameError::TooLarge { len: u64::from(len), max }),
     }
 }
 
@@ -60,10 +54,7 @@ pub(super) fn decode_header(header: [u8; FRAME_HEADER_BYTES], max: usize) -> Res
 pub(super) fn decode_body(header: Header, body: Bytes) -> Result<Message, FrameError> {
     let actual = crc32c::crc32c(&body);
     if actual != header.crc {
-        return Err(FrameError::Checksum {
-            expected: header.crc,
-            actual,
-        });
+        return Err(FrameError::Checksum { expected: header.crc, actual });
     }
     Message::decode_bytes(body)
 }

@@ -8,10 +8,7 @@ use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 
 fn id(term: u64, index: u64) -> EntryId {
-    EntryId {
-        term: Term(term),
-        index: Index(index),
-    }
+    EntryId { term: Term(term), index: Index(index) }
 }
 
 /// At least one of every message, with edge values.
@@ -70,74 +67,39 @@ fn handshake_samples() -> Vec<Message> {
             proof: [9; 32],
         }),
         Message::Error { message: "".into() },
-        Message::Error {
-            message: "disk full".into(),
-        },
+        Message::Error { message: "disk full".into() },
     ];
-    all.extend(codes.into_iter().map(|code| {
-        Message::Refuse(Refuse {
-            code,
-            message: format!("because {code}"),
-        })
-    }));
+    all.extend(codes.into_iter().map(|code| Message::Refuse(Refuse { code, message: format!("because {code}") })));
     all
 }
 
 fn stream_samples() -> Vec<Message> {
     vec![
-        Message::Record(Record {
-            kind: RecordKind::Chunk,
-            id: id(1, 1),
-            payload: Bytes::from_static(b"part"),
-        }),
-        Message::Record(Record {
-            kind: RecordKind::Entry,
-            id: id(u64::MAX, u64::MAX),
-            payload: Bytes::new(),
-        }),
+        Message::Record(Record { kind: RecordKind::Chunk, id: id(1, 1), payload: Bytes::from_static(b"part") }),
+        Message::Record(Record { kind: RecordKind::Entry, id: id(u64::MAX, u64::MAX), payload: Bytes::new() }),
         Message::LeaderStatus(LeaderStatus {
             last_index: Some(Index(90)),
             durable_end_lsn: Lsn(0x16_B374_D848),
             time_us: -1,
         }),
-        Message::Ack(Ack {
-            received: Some(id(3, 9)),
-            flushed: Some(id(3, 8)),
-            applied: None,
-            applied_lsn: Lsn::ZERO,
-        }),
+        Message::Ack(Ack { received: Some(id(3, 9)), flushed: Some(id(3, 8)), applied: None, applied_lsn: Lsn::ZERO }),
     ]
 }
 
 fn seed_samples() -> Vec<Message> {
     vec![
         Message::SeedRequest,
-        Message::SeedBegin {
-            position: None,
-            snapshot_lsn: Lsn(1),
-        },
-        Message::SeedSchema {
-            sql: Bytes::from_static(b"CREATE TABLE t (id int);"),
-        },
+        Message::SeedBegin { position: None, snapshot_lsn: Lsn(1) },
+        Message::SeedSchema { sql: Bytes::from_static(b"CREATE TABLE t (id int);") },
         Message::SeedTable {
             schema: "public".into(),
             name: "orders".into(),
             columns: vec!["id".into(), "".into(), "note".into()],
         },
-        Message::SeedTable {
-            schema: "s".into(),
-            name: "empty".into(),
-            columns: vec![],
-        },
-        Message::SeedData {
-            bytes: Bytes::from_static(b"1\t\\N\tx\n"),
-        },
+        Message::SeedTable { schema: "s".into(), name: "empty".into(), columns: vec![] },
+        Message::SeedData { bytes: Bytes::from_static(b"1\t\\N\tx\n") },
         Message::SeedTableEnd { rows: 12 },
-        Message::SeedEnd {
-            tables: 2,
-            rows: 12,
-            bytes: 4096,
-        },
+        Message::SeedEnd { tables: 2, rows: 12, bytes: 4096 },
     ]
 }
 
@@ -175,11 +137,7 @@ fn every_truncation_is_an_error() {
         let body = body(&message);
         for len in 0..body.len() {
             let result = Message::decode(&body[..len]);
-            assert!(
-                result.is_err(),
-                "{} cut to {len} bytes decoded: {result:?}",
-                message.name()
-            );
+            assert!(result.is_err(), "{} cut to {len} bytes decoded: {result:?}", message.name());
         }
     }
 }
@@ -189,10 +147,7 @@ fn trailing_bytes_are_an_error() {
     for message in samples() {
         let mut body = body(&message);
         body.push(0);
-        assert!(matches!(
-            Message::decode(&body),
-            Err(FrameError::TrailingBytes { extra: 1, .. })
-        ));
+        assert!(matches!(Message::decode(&body), Err(FrameError::TrailingBytes { extra: 1, .. })));
     }
 }
 
@@ -205,10 +160,7 @@ fn a_flipped_bit_fails_the_crc() {
             let mut bad = frame.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             let result = decode_frame(&bad);
-            assert!(
-                matches!(result, Err(FrameError::Checksum { .. })),
-                "bit {bit}: {result:?}"
-            );
+            assert!(matches!(result, Err(FrameError::Checksum { .. })), "bit {bit}: {result:?}");
         }
     }
 }
@@ -221,26 +173,11 @@ fn frame_lengths_are_checked_first() {
         h[..4].copy_from_slice(&len.to_le_bytes());
         h
     };
-    assert!(matches!(
-        decode_header(header(u32::MAX), MAX_FRAME_BYTES),
-        Err(FrameError::TooLarge { .. })
-    ));
-    assert!(matches!(
-        decode_header(header(max + 1), MAX_FRAME_BYTES),
-        Err(FrameError::TooLarge { .. })
-    ));
-    assert!(matches!(
-        decode_header(header(0), MAX_FRAME_BYTES),
-        Err(FrameError::Empty)
-    ));
-    assert_eq!(
-        decode_header(header(max), MAX_FRAME_BYTES).unwrap().body_len,
-        MAX_FRAME_BYTES
-    );
-    assert!(matches!(
-        decode_header(header(101), 100),
-        Err(FrameError::TooLarge { len: 101, max: 100 })
-    ));
+    assert!(matches!(decode_header(header(u32::MAX), MAX_FRAME_BYTES), Err(FrameError::TooLarge { .. })));
+    assert!(matches!(decode_header(header(max + 1), MAX_FRAME_BYTES), Err(FrameError::TooLarge { .. })));
+    assert!(matches!(decode_header(header(0), MAX_FRAME_BYTES), Err(FrameError::Empty)));
+    assert_eq!(decode_header(header(max), MAX_FRAME_BYTES).unwrap().body_len, MAX_FRAME_BYTES);
+    assert!(matches!(decode_header(header(101), 100), Err(FrameError::TooLarge { len: 101, max: 100 })));
 }
 
 #[test]
@@ -253,30 +190,15 @@ fn invalid_fields_are_errors() {
     record[1] = 3;
     assert!(matches!(invalid(&record), FrameError::Invalid { field: "kind", .. }));
     // Refuse with code 9.
-    assert!(matches!(
-        invalid(&[4, 9, 0, 0]),
-        FrameError::Invalid { field: "code", .. }
-    ));
+    assert!(matches!(invalid(&[4, 9, 0, 0]), FrameError::Invalid { field: "code", .. }));
     // Error message that is not UTF-8.
-    assert!(matches!(
-        invalid(&[5, 1, 0, 0xff]),
-        FrameError::Invalid { field: "message", .. }
-    ));
+    assert!(matches!(invalid(&[5, 1, 0, 0xff]), FrameError::Invalid { field: "message", .. }));
     // SeedBegin whose position flag is 2.
-    assert!(matches!(
-        invalid(&[21, 2]),
-        FrameError::Invalid { field: "position", .. }
-    ));
+    assert!(matches!(invalid(&[21, 2]), FrameError::Invalid { field: "position", .. }));
     // A blob claiming 4 GiB in a small body.
-    assert!(matches!(
-        invalid(&[24, 255, 255, 255, 255, 1]),
-        FrameError::Truncated { .. }
-    ));
+    assert!(matches!(invalid(&[24, 255, 255, 255, 255, 1]), FrameError::Truncated { .. }));
     // SeedTable claiming 65535 columns.
-    assert!(matches!(
-        invalid(&[23, 0, 0, 0, 0, 255, 255]),
-        FrameError::Truncated { .. }
-    ));
+    assert!(matches!(invalid(&[23, 0, 0, 0, 0, 255, 255]), FrameError::Truncated { .. }));
 }
 
 #[test]
@@ -292,28 +214,15 @@ fn decoded_payloads_share_the_body() {
 #[test]
 fn names_that_do_not_fit_fail_to_encode_and_leave_the_buffer() {
     let mut buf = BytesMut::from(&b"kept"[..]);
-    let message = Message::SeedTable {
-        schema: "s".into(),
-        name: "x".repeat(70_000),
-        columns: vec![],
-    };
+    let message = Message::SeedTable { schema: "s".into(), name: "x".repeat(70_000), columns: vec![] };
     let error = encode_frame(&message, &mut buf).unwrap_err();
-    assert!(matches!(
-        error,
-        FrameError::FieldTooLong {
-            field: "name",
-            len: 70_000,
-            ..
-        }
-    ));
+    assert!(matches!(error, FrameError::FieldTooLong { field: "name", len: 70_000, .. }));
     assert_eq!(&buf[..], b"kept");
 }
 
 #[test]
 fn long_messages_are_cut_at_a_character_boundary() {
-    let message = Message::Error {
-        message: "é".repeat(40_000),
-    };
+    let message = Message::Error { message: "é".repeat(40_000) };
     let Message::Error { message: decoded } = Message::decode(&body(&message)).unwrap() else {
         panic!("not an error");
     };

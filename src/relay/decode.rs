@@ -17,11 +17,7 @@ impl Message {
     /// Decodes one body; payloads (`Record`, `SeedSchema`, `SeedData`) are zero-copy slices of
     /// `body`.
     pub fn decode_bytes(body: Bytes) -> Result<Message, FrameError> {
-        let mut c = Cursor {
-            body,
-            pos: 0,
-            message: "frame",
-        };
+        let mut c = Cursor { body, pos: 0, message: "frame" };
         let tag = c.u8("type")?;
         c.message = type_name(tag).ok_or(FrameError::UnknownType(tag))?;
         let message = match tag {
@@ -29,9 +25,7 @@ impl Message {
             T_HELLO => Message::Hello(decode_hello(&mut c)?),
             T_WELCOME => Message::Welcome(decode_welcome(&mut c)?),
             T_REFUSE => Message::Refuse(decode_refuse(&mut c)?),
-            T_ERROR => Message::Error {
-                message: c.string("message")?,
-            },
+            T_ERROR => Message::Error { message: c.string("message")? },
             T_RECORD => Message::Record(decode_record(&mut c)?),
             T_LEADER_STATUS => Message::LeaderStatus(LeaderStatus {
                 last_index: c.opt_index("last_index")?,
@@ -113,17 +107,12 @@ fn decode_refuse(c: &mut Cursor) -> Result<Refuse, FrameError> {
         3 => RefuseCode::UnsupportedVersion,
         4 => RefuseCode::NotLeader,
         5 => RefuseCode::StaleTerm,
-        6 => RefuseCode::NotRetained {
-            first: Index(c.u64("first_index")?),
-        },
+        6 => RefuseCode::NotRetained { first: Index(c.u64("first_index")?) },
         7 => RefuseCode::Busy,
         8 => RefuseCode::Other,
         other => return Err(c.invalid("code", format!("unknown refuse code {other}"))),
     };
-    Ok(Refuse {
-        code,
-        message: c.string("message")?,
-    })
+    Ok(Refuse { code, message: c.string("message")? })
 }
 
 fn decode_record(c: &mut Cursor) -> Result<Record, FrameError> {
@@ -134,35 +123,22 @@ fn decode_record(c: &mut Cursor) -> Result<Record, FrameError> {
     };
     let term = Term(c.u64("term")?);
     let index = Index(c.u64("index")?);
-    Ok(Record {
-        kind,
-        id: EntryId { term, index },
-        payload: c.blob("payload")?,
-    })
+    Ok(Record { kind, id: EntryId { term, index }, payload: c.blob("payload")? })
 }
 
 fn decode_seed(tag: u8, c: &mut Cursor) -> Result<Message, FrameError> {
     Ok(match tag {
         T_SEED_REQUEST => Message::SeedRequest,
-        T_SEED_BEGIN => Message::SeedBegin {
-            position: c.opt_index("position")?,
-            snapshot_lsn: Lsn(c.u64("snapshot_lsn")?),
-        },
+        T_SEED_BEGIN => {
+            Message::SeedBegin { position: c.opt_index("position")?, snapshot_lsn: Lsn(c.u64("snapshot_lsn")?) }
+        }
         T_SEED_SCHEMA => Message::SeedSchema { sql: c.blob("sql")? },
-        T_SEED_TABLE => Message::SeedTable {
-            schema: c.string("schema")?,
-            name: c.string("name")?,
-            columns: decode_columns(c)?,
-        },
-        T_SEED_DATA => Message::SeedData {
-            bytes: c.blob("bytes")?,
-        },
+        T_SEED_TABLE => {
+            Message::SeedTable { schema: c.string("schema")?, name: c.string("name")?, columns: decode_columns(c)? }
+        }
+        T_SEED_DATA => Message::SeedData { bytes: c.blob("bytes")? },
         T_SEED_TABLE_END => Message::SeedTableEnd { rows: c.u64("rows")? },
-        T_SEED_END => Message::SeedEnd {
-            tables: c.u32("tables")?,
-            rows: c.u64("rows")?,
-            bytes: c.u64("bytes")?,
-        },
+        T_SEED_END => Message::SeedEnd { tables: c.u32("tables")?, rows: c.u64("rows")?, bytes: c.u64("bytes")? },
         other => return Err(FrameError::UnknownType(other)),
     })
 }
@@ -237,13 +213,11 @@ impl Cursor {
         let len = usize::from(self.u16(field)?);
         let message = self.message;
         let bytes = self.take(field, len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| FrameError::Invalid {
-                message,
-                field,
-                reason: "invalid UTF-8".to_owned(),
-            })
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| FrameError::Invalid {
+            message,
+            field,
+            reason: "invalid UTF-8".to_owned(),
+        })
     }
 
     /// A u32-length-prefixed byte string, as a slice of the body.
@@ -264,28 +238,18 @@ impl Cursor {
     fn opt_entry(&mut self, field: &'static str) -> Result<Option<EntryId>, FrameError> {
         Ok(match self.bool(field)? {
             false => None,
-            true => Some(EntryId {
-                term: Term(self.u64(field)?),
-                index: Index(self.u64(field)?),
-            }),
+            true => Some(EntryId { term: Term(self.u64(field)?), index: Index(self.u64(field)?) }),
         })
     }
 
     fn invalid(&self, field: &'static str, reason: String) -> FrameError {
-        FrameError::Invalid {
-            message: self.message,
-            field,
-            reason,
-        }
+        FrameError::Invalid { message: self.message, field, reason }
     }
 
     fn finish(&self) -> Result<(), FrameError> {
         match self.remaining() {
             0 => Ok(()),
-            extra => Err(FrameError::TrailingBytes {
-                message: self.message,
-                extra,
-            }),
+            extra => Err(FrameError::TrailingBytes { message: self.message, extra }),
         }
     }
 }

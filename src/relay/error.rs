@@ -25,19 +25,11 @@ pub enum FrameError {
     #[error("{message} message truncated in field {field}")]
     Truncated { message: &'static str, field: &'static str },
     #[error("{message} message: invalid {field}: {reason}")]
-    Invalid {
-        message: &'static str,
-        field: &'static str,
-        reason: String,
-    },
+    Invalid { message: &'static str, field: &'static str, reason: String },
     #[error("{message} message has {extra} unexpected trailing bytes")]
     TrailingBytes { message: &'static str, extra: usize },
     #[error("cannot encode {field} of {len} bytes: at most {max} fit in a frame")]
-    FieldTooLong {
-        field: &'static str,
-        len: usize,
-        max: usize,
-    },
+    FieldTooLong { field: &'static str, len: usize, max: usize },
 }
 
 impl FrameError {
@@ -62,19 +54,9 @@ pub enum HandshakeError {
     #[error("the shared token is empty (check token_file)")]
     EmptyToken,
     #[error("{peer} '{node}' is in cluster '{peer_cluster}', this node is in '{own_cluster}'")]
-    WrongCluster {
-        peer: &'static str,
-        node: String,
-        peer_cluster: String,
-        own_cluster: String,
-    },
+    WrongCluster { peer: &'static str, node: String, peer_cluster: String, own_cluster: String },
     #[error("{peer} '{node}' speaks relay protocol version {version}, this node speaks {own_version}")]
-    UnsupportedVersion {
-        peer: &'static str,
-        node: String,
-        version: u16,
-        own_version: u16,
-    },
+    UnsupportedVersion { peer: &'static str, node: String, version: u16, own_version: u16 },
     #[error("token mismatch: the leader could not prove it knows the shared token (check token_file on both nodes)")]
     LeaderProof { leader: String },
     #[error(
@@ -86,29 +68,13 @@ pub enum HandshakeError {
     #[error(
         "leader '{leader}' is at term {leader_term}, older than this node's term {own_term}: it is a deposed leader"
     )]
-    StaleLeader {
-        leader: String,
-        leader_term: Term,
-        own_term: Term,
-    },
+    StaleLeader { leader: String, leader_term: Term, own_term: Term },
     #[error("follower '{follower}' knows term {follower_term}, newer than this leader's term {leader_term}: this node is no longer the leader")]
-    StaleTerm {
-        follower: String,
-        follower_term: Term,
-        leader_term: Term,
-    },
+    StaleTerm { follower: String, follower_term: Term, leader_term: Term },
     #[error("follower '{follower}' needs entries from index {next} but this leader's log starts at {first}: re-seed the follower")]
-    NotRetained {
-        follower: String,
-        next: Index,
-        first: Index,
-    },
+    NotRetained { follower: String, next: Index, first: Index },
     #[error("leader '{leader}' refused this node ({code}): {message}")]
-    Refused {
-        leader: String,
-        code: RefuseCode,
-        message: String,
-    },
+    Refused { leader: String, code: RefuseCode, message: String },
     #[error("the peer closed the handshake with an error: {message}")]
     PeerError { message: String },
     #[error("relay protocol violation during the handshake: {0}")]

@@ -24,11 +24,7 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(reader: R) -> Self {
-        FrameReader {
-            reader,
-            buf: BytesMut::new(),
-            max_frame_bytes: MAX_FRAME_BYTES,
-        }
+        FrameReader { reader, buf: BytesMut::new(), max_frame_bytes: MAX_FRAME_BYTES }
     }
 
     /// Lowers the largest frame body accepted (at most [`MAX_FRAME_BYTES`]); for instance to
@@ -95,10 +91,7 @@ pub struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(writer: W) -> Self {
-        FrameWriter {
-            writer,
-            buf: BytesMut::new(),
-        }
+        FrameWriter { writer, buf: BytesMut::new() }
     }
 
     /// Encodes `message` into the write buffer; nothing is sent before [`Self::flush`].

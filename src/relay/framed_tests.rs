@@ -17,10 +17,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 fn big_record(len: usize) -> Message {
     Message::Record(Record {
         kind: RecordKind::Entry,
-        id: EntryId {
-            term: Term(2),
-            index: Index(7),
-        },
+        id: EntryId { term: Term(2), index: Index(7) },
         payload: Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
     })
 }
@@ -80,10 +77,7 @@ async fn a_huge_length_is_refused_at_once() {
     a.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).await.unwrap();
     let mut reader = FrameReader::new(b);
     let result = tokio::time::timeout(PATIENCE, reader.next()).await.unwrap();
-    assert!(
-        matches!(result, Err(FrameError::TooLarge { len: 0xffff_ffff, .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(FrameError::TooLarge { len: 0xffff_ffff, .. })), "{result:?}");
     drop(a);
 }
 
@@ -113,10 +107,7 @@ async fn eof_between_frames_is_clean_and_inside_one_is_an_error() {
             assert_eq!(result.unwrap(), Some(Message::SeedRequest));
             result = reader.next().await;
         }
-        assert!(
-            matches!(result, Err(FrameError::Eof { .. })),
-            "cut at {cut}: {result:?}"
-        );
+        assert!(matches!(result, Err(FrameError::Eof { .. })), "cut at {cut}: {result:?}");
     }
 }
 

@@ -111,20 +111,9 @@ impl LeaderHandshake {
     /// Decides on the follower's `Hello`. Consumes the handshake: a nonce answers one hello.
     pub fn on_hello(self, hello: &Hello) -> Result<Accepted, Box<Refused>> {
         let start = self.check(hello).map_err(|(code, error)| {
-            Box::new(Refused {
-                refuse: Refuse {
-                    code,
-                    message: error.to_string(),
-                },
-                error,
-            })
+            Box::new(Refused { refuse: Refuse { code, message: error.to_string() }, error })
         })?;
-        let fields = [
-            &hello.nonce[..],
-            &self.nonce,
-            self.cluster.as_bytes(),
-            self.leader_node.as_bytes(),
-        ];
+        let fields = [&hello.nonce[..], &self.nonce, self.cluster.as_bytes(), self.leader_node.as_bytes()];
         let proof = self.key.prove(LEADER_LABEL, &fields);
         Ok(Accepted {
             welcome: Welcome {
@@ -161,17 +150,9 @@ impl LeaderHandshake {
             };
             return Err((RefuseCode::WrongCluster, error));
         }
-        let fields = [
-            &self.nonce[..],
-            &hello.nonce,
-            hello.cluster.as_bytes(),
-            hello.node.as_bytes(),
-        ];
+        let fields = [&self.nonce[..], &hello.nonce, hello.cluster.as_bytes(), hello.node.as_bytes()];
         if !self.key.verify(FOLLOWER_LABEL, &fields, &hello.proof) {
-            return Err((
-                RefuseCode::BadProof,
-                HandshakeError::FollowerProof { follower: follower() },
-            ));
+            return Err((RefuseCode::BadProof, HandshakeError::FollowerProof { follower: follower() }));
         }
         self.check_leadership(hello)?;
         self.start(hello)
@@ -180,18 +161,12 @@ impl LeaderHandshake {
     fn check_leadership(&self, hello: &Hello) -> Result<(), (RefuseCode, HandshakeError)> {
         let follower_term = known_term(hello.term, hello.flushed);
         if follower_term > self.term {
-            let error = HandshakeError::StaleTerm {
-                follower: hello.node.clone(),
-                follower_term,
-                leader_term: self.term,
-            };
+            let error =
+                HandshakeError::StaleTerm { follower: hello.node.clone(), follower_term, leader_term: self.term };
             return Err((RefuseCode::StaleTerm, error));
         }
         if !self.is_leader {
-            let error = HandshakeError::NotLeader {
-                node: self.leader_node.clone(),
-                term: self.term,
-            };
+            let error = HandshakeError::NotLeader { node: self.leader_node.clone(), term: self.term };
             return Err((RefuseCode::NotLeader, error));
         }
         Ok(())
@@ -204,11 +179,7 @@ impl LeaderHandshake {
         let next = next_index(hello.flushed);
         match self.range.first {
             Some(first) if next < first => {
-                let error = HandshakeError::NotRetained {
-                    follower: hello.node.clone(),
-                    next,
-                    first,
-                };
+                let error = HandshakeError::NotRetained { follower: hello.node.clone(), next, first };
                 Err((RefuseCode::NotRetained { first }, error))
             }
             _ => Ok(StreamStart::From(next)),
@@ -260,12 +231,7 @@ impl FollowerHandshake {
     /// Answers the leader's challenge, or refuses the leader: then send `Error` and close.
     pub fn on_challenge(&mut self, challenge: &Challenge) -> Result<Hello, HandshakeError> {
         self.check(challenge)?;
-        let fields = [
-            &challenge.nonce[..],
-            &self.nonce,
-            self.cluster.as_bytes(),
-            self.node.as_bytes(),
-        ];
+        let fields = [&challenge.nonce[..], &self.nonce, self.cluster.as_bytes(), self.node.as_bytes()];
         let hello = Hello {
             version: PROTOCOL_VERSION,
             cluster: self.cluster.clone(),
@@ -300,17 +266,10 @@ impl FollowerHandshake {
         }
         let own_term = known_term(self.term, self.flushed);
         if challenge.term < own_term {
-            return Err(HandshakeError::StaleLeader {
-                leader: leader(),
-                leader_term: challenge.term,
-                own_term,
-            });
+            return Err(HandshakeError::StaleLeader { leader: leader(), leader_term: challenge.term, own_term });
         }
         if !challenge.is_leader {
-            return Err(HandshakeError::NotLeader {
-                node: leader(),
-                term: challenge.term,
-            });
+            return Err(HandshakeError::NotLeader { node: leader(), term: challenge.term });
         }
         Ok(())
     }
@@ -321,16 +280,9 @@ impl FollowerHandshake {
             return Err(HandshakeError::Protocol("Welcome before Challenge".to_owned()));
         };
         let cluster = self.cluster.as_bytes();
-        let fields = [
-            &self.nonce[..],
-            &challenge.nonce,
-            cluster,
-            challenge.leader_node.as_bytes(),
-        ];
+        let fields = [&self.nonce[..], &challenge.nonce, cluster, challenge.leader_node.as_bytes()];
         if !self.key.verify(LEADER_LABEL, &fields, &welcome.proof) {
-            return Err(HandshakeError::LeaderProof {
-                leader: challenge.leader_node.clone(),
-            });
+            return Err(HandshakeError::LeaderProof { leader: challenge.leader_node.clone() });
         }
         if welcome.leader_node != challenge.leader_node || welcome.term != challenge.term {
             return Err(HandshakeError::Protocol(format!(
@@ -352,24 +304,14 @@ impl FollowerHandshake {
 
     /// Handles the leader's answer to the `Hello`: `Welcome`, `Refuse` or `Error`.
     pub fn on_reply(&self, reply: Message) -> Result<Session, HandshakeError> {
-        let leader = || {
-            self.challenge
-                .as_ref()
-                .map(|c| c.leader_node.clone())
-                .unwrap_or_default()
-        };
+        let leader = || self.challenge.as_ref().map(|c| c.leader_node.clone()).unwrap_or_default();
         match reply {
             Message::Welcome(welcome) => self.on_welcome(&welcome),
-            Message::Refuse(Refuse { code, message }) => Err(HandshakeError::Refused {
-                leader: leader(),
-                code,
-                message,
-            }),
+            Message::Refuse(Refuse { code, message }) => {
+                Err(HandshakeError::Refused { leader: leader(), code, message })
+            }
             Message::Error { message } => Err(HandshakeError::PeerError { message }),
-            other => Err(HandshakeError::Protocol(format!(
-                "expected Welcome or Refuse, got {}",
-                other.name()
-            ))),
+            other => Err(HandshakeError::Protocol(format!("expected Welcome or Refuse, got {}", other.name()))),
         }
     }
 }
@@ -406,9 +348,7 @@ impl Key {
             return Err(HandshakeError::EmptyToken);
         }
         // HMAC takes keys of any length: this cannot fail.
-        Hmac::new_from_slice(token)
-            .map(Key)
-            .map_err(|_| HandshakeError::EmptyToken)
+        Hmac::new_from_slice(token).map(Key).map_err(|_| HandshakeError::EmptyToken)
     }
 
     /// The MAC over `label` and `fields`, each preceded by its length.

@@ -6,17 +6,11 @@ use crate::error::ErrorClass;
 const TOKEN: &[u8] = b"s3cret-token";
 
 fn id(term: u64, index: u64) -> EntryId {
-    EntryId {
-        term: Term(term),
-        index: Index(index),
-    }
+    EntryId { term: Term(term), index: Index(index) }
 }
 
 fn range(first: u64, last: u64) -> LogRange {
-    LogRange {
-        first: Some(Index(first)),
-        last: Some(Index(last)),
-    }
+    LogRange { first: Some(Index(first)), last: Some(Index(last)) }
 }
 
 fn leader(term: u64, is_leader: bool, range: LogRange, token: &[u8]) -> LeaderHandshake {
@@ -118,10 +112,7 @@ fn a_leader_with_the_wrong_token_is_refused() {
     // The real leader's welcome, with one bit of its proof flipped.
     let mut welcome = l.on_hello(&hello).unwrap().welcome;
     welcome.proof[31] ^= 1;
-    assert!(matches!(
-        f.on_welcome(&welcome),
-        Err(HandshakeError::LeaderProof { .. })
-    ));
+    assert!(matches!(f.on_welcome(&welcome), Err(HandshakeError::LeaderProof { .. })));
 }
 
 #[test]
@@ -136,17 +127,9 @@ fn proofs_bind_their_labels_and_field_boundaries() {
 #[test]
 fn a_welcome_for_another_term_or_before_the_challenge_is_a_protocol_error() {
     let fresh = follower("shop", 3, None, TOKEN);
-    let proof_less = Welcome {
-        term: Term(3),
-        leader_node: "a".into(),
-        first_index: None,
-        last_index: None,
-        proof: [0; 32],
-    };
-    assert!(matches!(
-        fresh.on_welcome(&proof_less),
-        Err(HandshakeError::Protocol(_))
-    ));
+    let proof_less =
+        Welcome { term: Term(3), leader_node: "a".into(), first_index: None, last_index: None, proof: [0; 32] };
+    assert!(matches!(fresh.on_welcome(&proof_less), Err(HandshakeError::Protocol(_))));
     let l = leader(3, true, range(1, 9), TOKEN);
     let mut f = follower("shop", 3, None, TOKEN);
     let hello = hello_to(&l, &mut f, |_| {});
@@ -160,20 +143,14 @@ fn wrong_clusters_are_refused_both_ways() {
     let l = leader(3, true, range(1, 9), TOKEN);
     let mut f = follower("other", 3, None, TOKEN);
     let error = f.on_challenge(&l.challenge()).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "leader 'a' is in cluster 'shop', this node is in 'other'"
-    );
+    assert_eq!(error.to_string(), "leader 'a' is in cluster 'shop', this node is in 'other'");
 
     let mut f = follower("shop", 3, None, TOKEN);
     let mut hello = hello_to(&l, &mut f, |_| {});
     hello.cluster = "other".into();
     let refused = refusal(l, &hello);
     assert_eq!(refused.refuse.code, RefuseCode::WrongCluster);
-    assert_eq!(
-        refused.refuse.message,
-        "follower 'b' is in cluster 'other', this node is in 'shop'"
-    );
+    assert_eq!(refused.refuse.message, "follower 'b' is in cluster 'other', this node is in 'shop'");
 }
 
 #[test]
@@ -183,10 +160,7 @@ fn unsupported_versions_are_refused_both_ways() {
     let mut challenge = l.challenge();
     challenge.version = 2;
     let error = f.on_challenge(&challenge).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "leader 'a' speaks relay protocol version 2, this node speaks 1"
-    );
+    assert_eq!(error.to_string(), "leader 'a' speaks relay protocol version 2, this node speaks 1");
 
     let mut hello = hello_to(&l, &mut f, |_| {});
     hello.version = 2;
@@ -209,13 +183,7 @@ fn a_follower_with_a_newer_term_refuses_the_old_leader_and_is_refused_by_it() {
     let hello = hello_to(&l, &mut f, |c| c.term = Term(5));
     let refused = refusal(l, &hello);
     assert_eq!(refused.refuse.code, RefuseCode::StaleTerm);
-    assert!(matches!(
-        refused.error,
-        HandshakeError::StaleTerm {
-            follower_term: Term(5),
-            ..
-        }
-    ));
+    assert!(matches!(refused.error, HandshakeError::StaleTerm { follower_term: Term(5), .. }));
 }
 
 #[test]

@@ -112,36 +112,17 @@ pub enum Message {
     Hello(Hello),
     Welcome(Welcome),
     Refuse(Refuse),
-    Error {
-        message: String,
-    },
+    Error { message: String },
     Record(Record),
     LeaderStatus(LeaderStatus),
     Ack(Ack),
     SeedRequest,
-    SeedBegin {
-        position: Option<Index>,
-        snapshot_lsn: Lsn,
-    },
-    SeedSchema {
-        sql: Bytes,
-    },
-    SeedTable {
-        schema: String,
-        name: String,
-        columns: Vec<String>,
-    },
-    SeedData {
-        bytes: Bytes,
-    },
-    SeedTableEnd {
-        rows: u64,
-    },
-    SeedEnd {
-        tables: u32,
-        rows: u64,
-        bytes: u64,
-    },
+    SeedBegin { position: Option<Index>, snapshot_lsn: Lsn },
+    SeedSchema { sql: Bytes },
+    SeedTable { schema: String, name: String, columns: Vec<String> },
+    SeedData { bytes: Bytes },
+    SeedTableEnd { rows: u64 },
+    SeedEnd { tables: u32, rows: u64, bytes: u64 },
 }
 
 impl Message {
@@ -346,11 +327,7 @@ fn put_blob(buf: &mut BytesMut, field: &'static str, b: &[u8]) -> Result<(), Fra
     let len = u32::try_from(b.len())
         .ok()
         .filter(|&len| len as usize <= super::MAX_FRAME_BYTES)
-        .ok_or(FrameError::FieldTooLong {
-            field,
-            len: b.len(),
-            max: super::MAX_FRAME_BYTES,
-        })?;
+        .ok_or(FrameError::FieldTooLong { field, len: b.len(), max: super::MAX_FRAME_BYTES })?;
     buf.put_u32_le(len);
     buf.put_slice(b);
     Ok(())
