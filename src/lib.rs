@@ -7,6 +7,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod error;
+pub mod follower;
 pub mod fsutil;
 pub mod inspect;
 pub mod localpg;

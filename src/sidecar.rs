@@ -2,14 +2,20 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Role};
 use crate::log::{Log, LogError, LogOptions};
 use crate::node::{NodeState, StateError};
+use crate::follower::{self, FollowerError};
+use crate::relay::progress::Followers;
+use crate::relay::server::RelayServer;
+use crate::relay::{self};
+use crate::source::writer::Durable;
 use crate::source::{self, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +32,14 @@ pub enum SidecarError {
     Source(#[from] SourceError),
     #[error("data_dir {0} is in use by another walship process")]
     DataDirInUse(std::path::PathBuf),
-    #[error("the {0} role is not available in this version")]
-    RoleUnavailable(&'static str),
+    #[error(transparent)]
+    Follower(#[from] FollowerError),
+    #[error("relay listener on {addr}: {source}")]
+    Relay { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot read token_file {path}: {source}")]
+    Token { path: std::path::PathBuf, source: std::io::Error },
+    #[error("a follower needs token_file: the shared secret that proves it to the leader")]
+    NoToken,
 }
 
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
@@ -51,19 +63,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     info!(node = %config.node, role = ?state.role(), term = %state.term(), last = ?log.last_written(), "sidecar starting");
     let log = Arc::new(Mutex::new(log));
 
+    let token = read_token(&config)?;
+    let (durable_tx, durable_rx) = watch::channel(Durable::default());
+
     let tasks = TaskTracker::new();
     let admin_state = Arc::new(AdminState { node: config.node.clone(), postgres: config.postgres.clone() });
-    let listener_addr = config.admin;
-    let listener = tokio::net::TcpListener::bind(listener_addr)
+    let admin_addr = config.admin;
+    let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
-        .map_err(|source| SidecarError::Admin { addr: listener_addr, source })?;
+        .map_err(|source| SidecarError::Admin { addr: admin_addr, source })?;
     let admin = tasks.spawn(admin::serve(listener, admin_state, shutdown.child_token()));
 
     let role_result = match state.role() {
         Role::Leader => {
-            source::run_leader(config.clone(), state, log, shutdown.clone()).await.map_err(SidecarError::from)
+            start_relay(&config, &state, &log, token, durable_rx, &tasks, &shutdown).await?;
+            source::run_leader(config.clone(), state, log, durable_tx, shutdown.clone())
+                .await
+                .map_err(SidecarError::from)
         }
-        Role::Follower => Err(SidecarError::RoleUnavailable("follower")),
+        Role::Follower => {
+            let token = token.ok_or(SidecarError::NoToken)?;
+            follower::run(config.clone(), state, log, token, durable_tx, shutdown.clone())
+                .await
+                .map_err(SidecarError::from)
+        }
     };
     if let Err(e) = &role_result {
         error!(error = %e, "sidecar stopping");
@@ -75,11 +98,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     role_result?;
     match admin_result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(SidecarError::Admin { addr: listener_addr, source }),
-        Err(_) => {
-            Err(SidecarError::Admin { addr: listener_addr, source: std::io::Error::other("admin task panicked") })
-        }
+        Ok(Err(source)) => Err(SidecarError::Admin { addr: admin_addr, source }),
+        Err(_) => Err(SidecarError::Admin { addr: admin_addr, source: std::io::Error::other("admin task panicked") }),
     }
+}
+
+/// Serves the log to followers on `listen`, when a token is configured.
+async fn start_relay(
+    config: &Arc<Config>,
+    state: &NodeState,
+    log: &Arc<Mutex<Log>>,
+    token: Option<Arc<[u8]>>,
+    durable: watch::Receiver<Durable>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), SidecarError> {
+    let Some(token) = token else {
+        warn!("no token_file configured: the relay is off and no follower can connect");
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SidecarError::Relay { addr: config.listen, source })?;
+    info!(addr = %config.listen, "relay listening");
+    let server = Arc::new(RelayServer {
+        cluster: config.cluster.clone(),
+        node: config.node.clone(),
+        term: state.term(),
+        token,
+        log: log.clone(),
+        followers: Followers::default(),
+        durable,
+    });
+    tasks.spawn(relay::server::serve(listener, server, shutdown.child_token()));
+    Ok(())
+}
+
+/// The shared secret of `token_file`, without surrounding white space.
+fn read_token(config: &Config) -> Result<Option<Arc<[u8]>>, SidecarError> {
+    let Some(path) = &config.token_file else { return Ok(None) };
+    let text = std::fs::read(path).map_err(|source| SidecarError::Token { path: path.clone(), source })?;
+    let token = text.trim_ascii();
+    if token.is_empty() {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty");
+        return Err(SidecarError::Token { path: path.clone(), source });
+    }
+    Ok(Some(Arc::from(token)))
 }
 
 /// Holds an exclusive lock on `data_dir/walship.lock` for as long as the returned file lives,

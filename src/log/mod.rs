@@ -81,6 +81,7 @@ mod format;
 mod reader;
 mod recovery;
 mod segment;
+pub mod tail;
 mod writer;
 
 #[cfg(test)]

@@ -129,6 +129,9 @@ mod error;
 mod framed;
 mod handshake;
 mod message;
+pub mod client;
+pub mod progress;
+pub mod server;
 
 #[cfg(test)]
 pub(crate) mod codec_tests;

@@ -149,6 +149,12 @@ impl ReplConnection {
             ("replication", "database"),
             ("application_name", application_name),
             ("client_encoding", "UTF8"),
+            // pgoutput writes values with the walsender's output settings; followers read
+            // them back with their input functions, so the text must be unambiguous (the
+            // settings PostgreSQL's own subscriber asks for).
+            ("DateStyle", "ISO"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "3"),
         ];
         frontend::startup_message(params.iter().copied(), &mut conn.wbuf)?;
         conn.send().await?;

@@ -108,11 +108,13 @@ pub fn log_position(log: &Log, consistent_point: Lsn) -> Result<(Index, Durable)
     Err(SourceError::Log(LogError::BeyondEnd { requested: last.index, next: last.index }))
 }
 
-/// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`.
+/// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`,
+/// publishing what is durable on `durable_tx`.
 pub async fn run_leader(
     config: Arc<Config>,
     mut state: NodeState,
     log: Arc<Mutex<Log>>,
+    durable_tx: watch::Sender<Durable>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let term = state.term();
@@ -138,7 +140,8 @@ pub async fn run_leader(
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
-        let (writer_thread, durable_rx) = Writer::spawn(log, durable, rx, sink.clone()).map_err(SourceError::Thread)?;
+        let durable_rx = durable_tx.subscribe();
+        let writer_thread = Writer::spawn(log, durable, rx, sink.clone(), durable_tx).map_err(SourceError::Thread)?;
         let heartbeat = tokio::spawn(heartbeat::run(
             config.postgres.clone(),
             config.node.clone(),

@@ -49,18 +49,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread. It ends when every sender is dropped (after a last fsync) or
-    /// at the first log error.
+    /// Starts the writer thread, publishing durable positions on `durable` (first `start`). It
+    /// ends when every sender is dropped (after a last fsync) or at the first log error.
     pub fn spawn(
         log: Arc<Mutex<Log>>,
         start: Durable,
         rx: mpsc::Receiver<WriteCmd>,
         sink: SharedSink,
-    ) -> std::io::Result<(WriterThread, watch::Receiver<Durable>)> {
-        let (durable, durable_rx) = watch::channel(start);
+        durable: watch::Sender<Durable>,
+    ) -> std::io::Result<WriterThread> {
+        durable.send_replace(start);
         let writer = Writer { log, durable, written_end: start.end_lsn, sink };
-        let handle = std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))?;
-        Ok((handle, durable_rx))
+        std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {

@@ -25,11 +25,15 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
+pub const TEST_TOKEN: &str = "test-token-0123456789";
+
 /// A `walship run` process with its own data_dir; its stderr goes to `log_path`.
 pub struct Sidecar {
+    pub node: String,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub admin_port: u16,
+    pub relay_port: u16,
     pub log_path: PathBuf,
     child: Option<Child>,
     restarts: u32,
@@ -38,25 +42,51 @@ pub struct Sidecar {
 impl Sidecar {
     /// Writes a leader configuration for `pg` into `dir` (extra TOML is appended).
     pub fn leader(dir: &Path, node: &str, pg: &Instance, extra: &str) -> Sidecar {
+        Sidecar::new(dir, node, "leader", pg, &[], extra)
+    }
+
+    /// Writes a follower configuration whose peers are `peers`.
+    pub fn follower(dir: &Path, node: &str, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
+        Sidecar::new(dir, node, "follower", pg, peers, extra)
+    }
+
+    fn new(dir: &Path, node: &str, role: &str, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
         fs::create_dir_all(dir).unwrap();
         let admin_port = free_port();
         let relay_port = free_port();
-        let config = format!(
-            "node = \"{node}\"\ncluster = \"test\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"leader\"\n\
-             listen = \"127.0.0.1:{relay_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\n{extra}\n",
+        let token_path = dir.join("token");
+        fs::write(&token_path, format!("{TEST_TOKEN}\n")).unwrap();
+        let mut config = format!(
+            "node = \"{node}\"\ncluster = \"test\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"{role}\"\n\
+             listen = \"127.0.0.1:{relay_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n",
             dir.join("data").display(),
             pg.conninfo("postgres"),
+            token_path.display(),
         );
+        for peer in peers {
+            config.push_str(&format!(
+                "\n[[peers]]\nnode = \"{}\"\nrelay = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+                peer.node, peer.relay_port, peer.admin_port
+            ));
+        }
+        config.push_str(extra);
         let config_path = dir.join("walship.toml");
         fs::write(&config_path, config).unwrap();
         Sidecar {
+            node: node.to_owned(),
             dir: dir.into(),
             config_path,
             admin_port,
+            relay_port,
             log_path: dir.join("sidecar.log"),
             child: None,
             restarts: 0,
         }
+    }
+
+    /// Replaces the shared token this sidecar uses.
+    pub fn set_token(&self, token: &str) {
+        fs::write(self.dir.join("token"), token).unwrap();
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -180,4 +210,17 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .ok_or_else(|| std::io::Error::other(format!("bad response {response:?}")))?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((code, body))
+}
+
+/// Every table's rows, ordered, as text: for comparing two databases.
+pub fn table_rows(pg: &Instance, tables: &[&str]) -> Vec<(String, String)> {
+    tables
+        .iter()
+        .map(|t| {
+            let rows = pg
+                .psql("postgres", &format!("SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"))
+                .unwrap();
+            (t.to_string(), rows)
+        })
+        .collect()
 }

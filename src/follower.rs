@@ -1,0 +1,212 @@
+//! The follower role: stream the leader's log into this node's own durable log, and replay
+//! it into the local PostgreSQL.
+//!
+//! ```text
+//! leader relay --records--> relay client --batches--> log writer --fsync--> log
+//!      ^                        |  acks: received, flushed (after fsync), applied     |
+//!      +------------------------+                                                     v
+//!                                  local PostgreSQL <--transactions-- replay <--records
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::apply::{ApplyError, Applier};
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::ErrorClass;
+use crate::log::{Log, LogError, RecordKind};
+use crate::lsn::{Index, Lsn};
+use crate::node::NodeState;
+use crate::relay::client::{self, Applied, FollowError, FollowerLink};
+use crate::source::stream::SharedSink;
+use crate::source::writer::{Durable, WriteCmd, Writer, WRITE_QUEUE_BATCHES};
+
+/// Leader transactions grouped into one follower transaction at most, while catching up.
+pub const REPLAY_GROUP_ENTRIES: usize = 1000;
+/// Records read ahead of replay.
+pub const REPLAY_QUEUE_RECORDS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowerError {
+    #[error("{0}")]
+    Follow(#[from] FollowError),
+    #[error("replay: {0}")]
+    Apply(#[from] ApplyError),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("cannot start the log writer: {0}")]
+    Thread(std::io::Error),
+    #[error("the log writer stopped")]
+    WriterGone,
+    #[error("the database has applied entry {applied} but this node's log starts at {first}: re-seed this node")]
+    Gap { applied: Index, first: Index },
+}
+
+impl FollowerError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            FollowerError::Follow(e) => e.class(),
+            FollowerError::Apply(e) => e.class(),
+            FollowerError::Log(_) | FollowerError::Thread(_) | FollowerError::WriterGone => ErrorClass::Fatal,
+            FollowerError::Gap { .. } => ErrorClass::Operator,
+        }
+    }
+}
+
+/// Runs the follower role until `cancel` or a fatal error.
+pub async fn run(
+    config: Arc<Config>,
+    state: NodeState,
+    log: Arc<Mutex<Log>>,
+    token: Arc<[u8]>,
+    durable_tx: watch::Sender<Durable>,
+    cancel: CancellationToken,
+) -> Result<(), FollowerError> {
+    let span = info_span!("follower", node = %config.node, term = %state.term());
+    async move {
+        let (_, start) = {
+            let log = log.lock().map_err(|_| LogError::Failed)?;
+            crate::source::log_position(&log, Lsn::ZERO).map_err(|_| LogError::Failed)?
+        };
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
+        let durable_rx = durable_tx.subscribe();
+        let writer = Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx)
+            .map_err(FollowerError::Thread)?;
+        let (applied_tx, applied_rx) = watch::channel(Applied::default());
+        let stop = cancel.child_token();
+        let replay = tokio::spawn(replay_with_retries(config.postgres.clone(), log, applied_tx, stop.clone()));
+        let link = FollowerLink {
+            cluster: config.cluster.clone(),
+            node: config.node.clone(),
+            term: state.term(),
+            token,
+            peers: config.peers.clone(),
+            writer: tx,
+            durable: durable_rx,
+            applied: applied_rx,
+            leader: watch::channel(None).0,
+        };
+        let followed = client::follow(link, stop.clone()).await;
+        stop.cancel();
+        let replayed = replay.await.map_err(|_| FollowerError::WriterGone)?;
+        let written = tokio::task::spawn_blocking(move || writer.join()).await.map_err(|_| FollowerError::WriterGone)?;
+        followed?;
+        replayed?;
+        match written {
+            Ok(result) => result.map_err(FollowerError::from),
+            Err(_) => Err(FollowerError::WriterGone),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn replay_with_retries(
+    pg: tokio_postgres::Config,
+    log: Arc<Mutex<Log>>,
+    applied: watch::Sender<Applied>,
+    cancel: CancellationToken,
+) -> Result<(), FollowerError> {
+    let mut backoff = Backoff::default();
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = replay(&pg, &log, &applied, &mut backoff) => r,
+        };
+        let Err(e) = result else { return Ok(()) };
+        let delay = match e.class() {
+            ErrorClass::Fatal => {
+                error!(error = %e, "replay stopped");
+                cancel.cancel();
+                return Err(e);
+            }
+            ErrorClass::Retry => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replay interrupted");
+                delay
+            }
+            ErrorClass::Operator => {
+                let delay = backoff.operator_delay();
+                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "replay needs an operator");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Replays the log from after the database's applied entry, committing a group of entries
+/// whenever replay catches up or [`REPLAY_GROUP_ENTRIES`] are pending.
+async fn replay(
+    pg: &tokio_postgres::Config,
+    log: &Arc<Mutex<Log>>,
+    applied: &watch::Sender<Applied>,
+    backoff: &mut Backoff,
+) -> Result<(), FollowerError> {
+    let mut applier = Applier::connect(pg).await?;
+    applier.set_read_only(true).await?;
+    let position = applier.applied().await?;
+    if let Some(p) = position {
+        applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
+    }
+    let reader = loop {
+        match open_reader(log, position.map(|p| p.id.index))? {
+            Some(reader) => break reader,
+            // The log has not reached the database yet: the relay is bringing it.
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    info!(after = ?position.map(|p| p.id), "replaying");
+    backoff.reset();
+    let (mut records, tail) = crate::log::tail::spawn(reader, REPLAY_QUEUE_RECORDS);
+    let mut pending = 0usize;
+    let result = loop {
+        let Some(record) = records.recv().await else { break Ok(()) };
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => break Err(e.into()),
+        };
+        if let Err(e) = applier.apply_record(&record).await {
+            break Err(e.into());
+        }
+        if matches!(record.kind, RecordKind::Entry) {
+            pending += 1;
+            if pending >= REPLAY_GROUP_ENTRIES || records.is_empty() {
+                match applier.commit().await {
+                    Ok(Some(p)) => {
+                        applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Err(e.into()),
+                }
+                pending = 0;
+            }
+        }
+    };
+    drop(records);
+    let _ = tail.await;
+    result
+}
+
+/// A live reader from the entry after `applied`; `None` while the log does not reach it yet.
+fn open_reader(log: &Arc<Mutex<Log>>, applied: Option<Index>) -> Result<Option<crate::log::LogReader>, FollowerError> {
+    let log = log.lock().map_err(|_| LogError::Failed)?;
+    let from = match (applied, log.first_index()) {
+        (Some(a), Some(first)) if a.next() < first => return Err(FollowerError::Gap { applied: a, first }),
+        (Some(a), _) => a.next(),
+        (None, Some(first)) => first,
+        (None, None) => return Ok(None),
+    };
+    match log.last_written() {
+        Some(last) if from <= last.index.next() => Ok(Some(log.reader(from)?)),
+        _ => Ok(None),
+    }
+}

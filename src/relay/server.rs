@@ -1,0 +1,259 @@
+//! The leader's relay server: one task per follower connection.
+//!
+//! A connection starts with the handshake; an accepted follower is streamed every log record
+//! from its next index on, read from the durable log (never from memory only) by a blocking
+//! tail thread, through a bounded queue, so a slow follower slows only its own tail. The
+//! follower's acknowledgements update [`Followers`]; a [`LeaderStatus`] goes out every
+//! [`LEADER_STATUS_INTERVAL`] so an idle follower still learns where the log ends.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::error::ErrorClass;
+use crate::log::{Log, LogError, Record};
+use crate::lsn::{EntryId, Term};
+use crate::relay::progress::Followers;
+use crate::relay::{
+    FrameError, FrameReader, FrameWriter, HandshakeError, LeaderHandshake, LeaderStatus, LogRange, Message,
+    StreamStart, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
+};
+use crate::source::conn::unix_micros_now;
+use crate::source::writer::Durable;
+
+/// Records read ahead of the socket per follower.
+pub const RELAY_QUEUE_RECORDS: usize = 64;
+/// How often an idle stream carries a [`LeaderStatus`].
+pub const LEADER_STATUS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a follower may take to answer the challenge.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("follower did not finish the handshake within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("follower sent {0} where it must not")]
+    Unexpected(&'static str),
+    #[error("follower's last entry {flushed} is not in this leader's log ({reason}): its log has diverged")]
+    Diverged { flushed: EntryId, reason: String },
+    #[error("follower reported an error: {0}")]
+    Peer(String),
+    #[error("seeding a follower from a snapshot is not available in this version")]
+    SeedUnavailable,
+    #[error("the log tail thread stopped")]
+    TailGone,
+}
+
+impl ServeError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ServeError::Frame(e) => e.class(),
+            ServeError::Handshake(e) => e.class(),
+            ServeError::Log(LogError::Compacted { .. }) => ErrorClass::Operator,
+            ServeError::Log(_) => ErrorClass::Fatal,
+            ServeError::HandshakeTimeout | ServeError::Peer(_) | ServeError::TailGone => ErrorClass::Retry,
+            ServeError::Unexpected(_) | ServeError::Diverged { .. } | ServeError::SeedUnavailable => {
+                ErrorClass::Operator
+            }
+        }
+    }
+}
+
+/// What a leader serves from.
+pub struct RelayServer {
+    pub cluster: String,
+    pub node: String,
+    pub term: Term,
+    pub token: Arc<[u8]>,
+    pub log: Arc<Mutex<Log>>,
+    pub followers: Followers,
+    /// The last durable entry and the leader WAL position just past it, for [`LeaderStatus`].
+    pub durable: watch::Receiver<Durable>,
+}
+
+/// Accepts followers until `cancel`; every connection's task is awaited before returning.
+pub async fn serve(listener: TcpListener, server: Arc<RelayServer>, cancel: CancellationToken) {
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let span = info_span!("relay", node = %server.node, peer = %addr);
+                tasks.spawn(server.clone().handle(stream, addr, cancel.child_token()).instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a relay connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+impl RelayServer {
+    async fn handle(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, cancel: CancellationToken) {
+        match self.session(stream, cancel).await {
+            Ok(()) => debug!(%addr, "relay connection closed"),
+            Err(e) => match e.class() {
+                ErrorClass::Retry => warn!(error = %e, "relay connection ended"),
+                ErrorClass::Operator | ErrorClass::Fatal => error!(error = %e, "relay connection refused or failed"),
+            },
+        }
+    }
+
+    fn range(&self) -> Result<LogRange, ServeError> {
+        let log = self.log.lock().map_err(|_| LogError::Failed)?;
+        Ok(LogRange { first: log.first_index(), last: log.last_flushed().map(|id| id.index) })
+    }
+
+    async fn session(&self, stream: TcpStream, cancel: CancellationToken) -> Result<(), ServeError> {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut reader = FrameReader::new(r);
+        reader.set_max_frame_bytes(HANDSHAKE_MAX_FRAME_BYTES);
+        let mut writer = FrameWriter::new(w);
+        let handshake = LeaderHandshake::new(&self.cluster, &self.node, self.term, true, &self.token, self.range()?)?;
+        writer.send(&Message::Challenge(handshake.challenge())).await?;
+        let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+            Err(_) => return Err(ServeError::HandshakeTimeout),
+            // A peer looking for the leader reads the challenge and goes.
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(Message::Hello(hello)))) => hello,
+            Ok(Ok(Some(other))) => return Err(ServeError::Unexpected(other.name())),
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        let accepted = match handshake.on_hello(&hello) {
+            Ok(accepted) => accepted,
+            Err(refused) => {
+                let _ = writer.send(&Message::Refuse(refused.refuse.clone())).await;
+                return Err(refused.error.into());
+            }
+        };
+        if let Some(flushed) = accepted.flushed {
+            if let Err(e) = self.check_holds(flushed) {
+                let _ = writer.send(&Message::Error { message: e.to_string() }).await;
+                return Err(e);
+            }
+        }
+        writer.send(&Message::Welcome(accepted.welcome.clone())).await?;
+        reader.set_max_frame_bytes(MAX_FRAME_BYTES);
+        let StreamStart::From(from) = accepted.start else {
+            let _ = writer.send(&Message::Error { message: ServeError::SeedUnavailable.to_string() }).await;
+            return Err(ServeError::SeedUnavailable);
+        };
+        info!(follower = %accepted.follower, from = %from, "follower connected");
+        self.followers.connected(&accepted.follower, accepted.flushed);
+        let result = self.stream(&mut reader, &mut writer, &accepted.follower, from, cancel).await;
+        self.followers.disconnected(&accepted.follower);
+        result
+    }
+
+    /// The follower's last entry must be in this log with the same term.
+    fn check_holds(&self, flushed: EntryId) -> Result<(), ServeError> {
+        let diverged = |reason: String| ServeError::Diverged { flushed, reason };
+        let log = self.log.lock().map_err(|_| LogError::Failed)?;
+        let last = log.last_flushed().ok_or_else(|| diverged("the leader's log is empty".into()))?;
+        if flushed.index > last.index {
+            return Err(diverged(format!("the leader's log ends at {last}")));
+        }
+        if log.first_index().is_some_and(|first| flushed.index < first) {
+            return Ok(()); // compacted away: the handshake's retention check decides
+        }
+        let mut reader = log.reader(flushed.index)?;
+        drop(log);
+        match reader.next()? {
+            Some(record) if record.id == flushed => Ok(()),
+            Some(record) => Err(diverged(format!("the leader has {} at that index", record.id))),
+            None => Err(diverged("the leader could not read that index".into())),
+        }
+    }
+
+    async fn stream<R, W>(
+        &self,
+        reader: &mut FrameReader<R>,
+        writer: &mut FrameWriter<W>,
+        follower: &str,
+        from: crate::lsn::Index,
+        cancel: CancellationToken,
+    ) -> Result<(), ServeError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let log_reader = self.log.lock().map_err(|_| LogError::Failed)?.reader(from)?;
+        let (mut rx, tail) = crate::log::tail::spawn(log_reader, RELAY_QUEUE_RECORDS);
+        let mut status = tokio::time::interval(LEADER_STATUS_INTERVAL);
+        let result = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                record = rx.recv() => match record {
+                    Some(Ok(record)) => {
+                        if let Err(e) = self.send_records(writer, record, &mut rx).await {
+                            break Err(e);
+                        }
+                    }
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(ServeError::TailGone),
+                },
+                message = reader.next() => match message {
+                    Ok(Some(Message::Ack(ack))) => {
+                        self.followers.acked(follower, ack.received, ack.flushed, ack.applied, ack.applied_lsn)
+                    }
+                    Ok(Some(Message::Error { message })) => break Err(ServeError::Peer(message)),
+                    Ok(Some(other)) => break Err(ServeError::Unexpected(other.name())),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                },
+                _ = status.tick() => {
+                    if let Err(e) = writer.send(&Message::LeaderStatus(self.status()?)).await {
+                        break Err(e.into());
+                    }
+                }
+            }
+        };
+        drop(rx);
+        let _ = tail.await;
+        result
+    }
+
+    /// Sends `first` and whatever else the tail has ready, in one write.
+    async fn send_records<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        writer: &mut FrameWriter<W>,
+        first: Record,
+        rx: &mut mpsc::Receiver<Result<Record, LogError>>,
+    ) -> Result<(), ServeError> {
+        writer.queue(&Message::Record(first))?;
+        while writer.queued_bytes() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(Ok(record)) => writer.queue(&Message::Record(record))?,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        writer.flush().await?;
+        Ok(())
+    }
+
+    fn status(&self) -> Result<LeaderStatus, ServeError> {
+        let last_index = self.log.lock().map_err(|_| LogError::Failed)?.last_flushed().map(|id| id.index);
+        let durable_end_lsn = self.durable.borrow().end_lsn;
+        Ok(LeaderStatus { last_index, durable_end_lsn, time_us: unix_micros_now() })
+    }
+}

@@ -1,0 +1,148 @@
+//! A leader and followers against real PostgreSQL: streaming, replay, crashes, refusals.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failed step is a failed test
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{table_rows, wait_until, Sidecar};
+use walship::localpg::{Instance, Options, StopMode};
+use walship::lsn::Lsn;
+
+const SCHEMA: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+                      CREATE TABLE events (id bigserial PRIMARY KEY, account int NOT NULL, at timestamptz DEFAULT now());";
+const TABLES: &[&str] = &["accounts", "events"];
+
+fn slot_confirmed(pg: &Instance) -> Lsn {
+    pg.psql("postgres", "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'walship_a'")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(Lsn::ZERO)
+}
+
+fn start_leader(dir: &Path, pg: &Instance) -> Sidecar {
+    let mut leader = Sidecar::leader(&dir.join("a"), "a", pg, "[source]\nheartbeat_interval = \"200ms\"\n");
+    leader.start();
+    wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(pg) > Lsn::ZERO);
+    leader
+}
+
+fn same_rows(leader: &Instance, follower: &Instance) -> bool {
+    table_rows(leader, TABLES) == table_rows(follower, TABLES)
+}
+
+fn pgbench_script(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("load.sql");
+    std::fs::write(
+        &path,
+        "\\set id random(1, 500)\n\
+         BEGIN;\n\
+         UPDATE accounts SET balance = balance + 1 WHERE id = :id;\n\
+         INSERT INTO events (account) VALUES (:id);\n\
+         END;\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn followers_replicate_through_crashes_and_stay_read_only() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    let second_pg = Instance::start(Options::default()).unwrap();
+    for pg in [&leader_pg, &follower_pg, &second_pg] {
+        pg.psql("postgres", SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_leader(dir.path(), &leader_pg);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    let mut c = Sidecar::follower(&dir.path().join("c"), "c", &second_pg, &[&leader], "");
+    b.start();
+    c.start();
+
+    leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'account ' || g FROM generate_series(1, 500) g").unwrap();
+    wait_until(Duration::from_secs(60), "the followers to have the accounts", || {
+        same_rows(&leader_pg, &follower_pg) && same_rows(&leader_pg, &second_pg)
+    });
+
+    let script = pgbench_script(dir.path());
+    let bench = leader_pg
+        .command("pgbench")
+        .args(["-n", "-c", "2", "-T", "8", "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    b.kill(); // the follower sidecar crashes
+    std::thread::sleep(Duration::from_secs(1));
+    b.start();
+    let mut second_pg = second_pg;
+    second_pg.stop(StopMode::Immediate).unwrap(); // the other follower's database crashes
+    std::thread::sleep(Duration::from_secs(1));
+    second_pg.start_again().unwrap();
+    let bench = bench.wait_with_output().unwrap();
+    assert!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
+
+    wait_until(Duration::from_secs(90), "the followers to catch up", || {
+        same_rows(&leader_pg, &follower_pg) && same_rows(&leader_pg, &second_pg)
+    });
+    let events: i64 = follower_pg.psql("postgres", "SELECT count(*) FROM events").unwrap().trim().parse().unwrap();
+    assert!(events > 100, "the load committed only {events} events");
+
+    let refused = follower_pg.psql("postgres", "INSERT INTO accounts VALUES (100000, 0, 'client write')");
+    let message = format!("{refused:?}");
+    assert!(refused.is_err() && message.contains("read-only"), "a client write on a follower: {message}");
+
+    for sidecar in [&mut b, &mut c, &mut leader] {
+        sidecar.stop();
+        sidecar.assert_no_errors();
+    }
+}
+
+#[test]
+fn a_follower_with_the_wrong_token_gets_nothing() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    for pg in [&leader_pg, &follower_pg] {
+        pg.psql("postgres", SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_leader(dir.path(), &leader_pg);
+    leader_pg.psql("postgres", "INSERT INTO accounts VALUES (1, 10, 'secret')").unwrap();
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    b.set_token("not the shared token");
+    b.start();
+    wait_until(Duration::from_secs(20), "the refusal in the leader's log", || {
+        leader.log_text().contains("could not prove it knows the shared token")
+    });
+    assert!(b.log_text().contains("token"), "the follower should say why: {}", b.log_text());
+    let rows = follower_pg.psql("postgres", "SELECT count(*) FROM accounts").unwrap();
+    assert_eq!(rows.trim(), "0");
+    b.stop();
+    leader.stop();
+}
+
+#[test]
+fn a_follower_of_another_cluster_is_refused() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_leader(dir.path(), &leader_pg);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    let config = std::fs::read_to_string(&b.config_path).unwrap().replace("cluster = \"test\"", "cluster = \"other\"");
+    std::fs::write(&b.config_path, config).unwrap();
+    b.start();
+    // The follower finds no leader of its own cluster among its peers.
+    wait_until(Duration::from_secs(20), "the follower to give up on the other cluster", || {
+        b.log_text().contains("no peer says it leads cluster other")
+    });
+    b.stop();
+    leader.stop();
+    leader.assert_no_errors();
+}
