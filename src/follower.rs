@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::apply::{ApplyError, Applier};
+use crate::apply::{Applier, ApplyError};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
@@ -24,7 +24,7 @@ use crate::lsn::{Index, Lsn};
 use crate::node::NodeState;
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
 use crate::source::stream::SharedSink;
-use crate::source::writer::{Durable, WriteCmd, Writer, WRITE_QUEUE_BATCHES};
+use crate::source::writer::{Durable, Writer, WRITE_QUEUE_BATCHES};
 
 /// Leader transactions grouped into one follower transaction at most, while catching up.
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
@@ -75,8 +75,8 @@ pub async fn run(
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
         let durable_rx = durable_tx.subscribe();
-        let writer = Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx)
-            .map_err(FollowerError::Thread)?;
+        let writer =
+            Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx).map_err(FollowerError::Thread)?;
         let (applied_tx, applied_rx) = watch::channel(Applied::default());
         let stop = cancel.child_token();
         let replay = tokio::spawn(replay_with_retries(config.postgres.clone(), log, applied_tx, stop.clone()));
@@ -94,7 +94,8 @@ pub async fn run(
         let followed = client::follow(link, stop.clone()).await;
         stop.cancel();
         let replayed = replay.await.map_err(|_| FollowerError::WriterGone)?;
-        let written = tokio::task::spawn_blocking(move || writer.join()).await.map_err(|_| FollowerError::WriterGone)?;
+        let written =
+            tokio::task::spawn_blocking(move || writer.join()).await.map_err(|_| FollowerError::WriterGone)?;
         followed?;
         replayed?;
         match written {

@@ -4,6 +4,7 @@
 //! [`admin`] serves the HTTP API; [`node`] keeps the node's role and term.
 
 pub mod admin;
+pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod error;

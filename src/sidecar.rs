@@ -9,9 +9,9 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Role};
+use crate::follower::{self, FollowerError};
 use crate::log::{Log, LogError, LogOptions};
 use crate::node::{NodeState, StateError};
-use crate::follower::{self, FollowerError};
 use crate::relay::progress::Followers;
 use crate::relay::server::RelayServer;
 use crate::relay::{self};

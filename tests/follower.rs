@@ -17,10 +17,13 @@ const SCHEMA: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint 
 const TABLES: &[&str] = &["accounts", "events"];
 
 fn slot_confirmed(pg: &Instance) -> Lsn {
-    pg.psql("postgres", "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'walship_a'")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(Lsn::ZERO)
+    pg.psql(
+        "postgres",
+        "SELECT coalesce(confirmed_flush_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'walship_a'",
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(Lsn::ZERO)
 }
 
 fn start_leader(dir: &Path, pg: &Instance) -> Sidecar {
@@ -63,7 +66,9 @@ fn followers_replicate_through_crashes_and_stay_read_only() {
     b.start();
     c.start();
 
-    leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'account ' || g FROM generate_series(1, 500) g").unwrap();
+    leader_pg
+        .psql("postgres", "INSERT INTO accounts SELECT g, 0, 'account ' || g FROM generate_series(1, 500) g")
+        .unwrap();
     wait_until(Duration::from_secs(60), "the followers to have the accounts", || {
         same_rows(&leader_pg, &follower_pg) && same_rows(&leader_pg, &second_pg)
     });

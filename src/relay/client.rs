@@ -143,9 +143,8 @@ struct Session {
 impl FollowerLink {
     async fn connect_and_stream(&mut self, session: &mut Session, backoff: &mut Backoff) -> Result<(), FollowError> {
         let addr = find_leader(&self.peers, &self.cluster, self.term).await?;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| FollowError::Connect { addr: addr.to_string(), source })?;
+        let stream =
+            TcpStream::connect(addr).await.map_err(|source| FollowError::Connect { addr: addr.to_string(), source })?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r);

@@ -123,13 +123,13 @@
 //! The handshake authenticates the peers, not the stream: frames after it carry no MAC.
 //! Across untrusted networks, run the relay inside TLS or a VPN.
 
+pub mod client;
 mod codec;
 mod decode;
 mod error;
 mod framed;
 mod handshake;
 mod message;
-pub mod client;
 pub mod progress;
 pub mod server;
 

@@ -39,7 +39,14 @@ impl Followers {
         self.update(node, |p| p.connected = false);
     }
 
-    pub fn acked(&self, node: &str, received: Option<EntryId>, flushed: Option<EntryId>, applied: Option<EntryId>, applied_lsn: Lsn) {
+    pub fn acked(
+        &self,
+        node: &str,
+        received: Option<EntryId>,
+        flushed: Option<EntryId>,
+        applied: Option<EntryId>,
+        applied_lsn: Lsn,
+    ) {
         self.update(node, |p| {
             p.received = p.received.max_by_index(received);
             p.flushed = p.flushed.max_by_index(flushed);

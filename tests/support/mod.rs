@@ -218,7 +218,10 @@ pub fn table_rows(pg: &Instance, tables: &[&str]) -> Vec<(String, String)> {
         .iter()
         .map(|t| {
             let rows = pg
-                .psql("postgres", &format!("SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"))
+                .psql(
+                    "postgres",
+                    &format!("SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"),
+                )
                 .unwrap();
             (t.to_string(), rows)
         })

@@ -1,0 +1,278 @@
+//! Follower replay: log entries into the local PostgreSQL, exactly once.
+//!
+//! # Invariants
+//!
+//! - Entries are applied in strict log order: each record belongs to the entry after the last
+//!   one applied (or to the entry whose chunks are being applied). A record of an entry at or
+//!   below the applied one is refused, never applied twice.
+//! - Every leader transaction is atomic on the follower. The applier opens a database
+//!   transaction at the first record after a commit and keeps it open across entries until
+//!   [`Applier::commit`], which is only allowed between entries; several leader transactions
+//!   may so commit together, and a chunked entry is applied chunk by chunk in one transaction.
+//! - Progress (`walship.progress`, see `progress`) is written in the same database
+//!   transaction as the changes it covers, so after a crash at any point the database holds
+//!   exactly the entries up to the one it names. `applied` is reported only after COMMIT
+//!   returned, with the server's default `synchronous_commit`.
+//! - Any error rolls the open transaction back: the database is left at the last commit, and
+//!   the caller resumes after [`Applier::applied`].
+//! - Divergence (a row to change that is missing, a constraint violation, a missing table or
+//!   column) is never skipped: it stops replay with [`ApplyError::Divergence`].
+//!
+//! # The apply session
+//!
+//! Like PostgreSQL's own apply worker: `session_replication_role = replica` (user triggers
+//! and foreign-key checks do not fire again), an empty `search_path`, writable even when the
+//! database defaults to read-only (see [`Applier::set_read_only`]). Setting
+//! `session_replication_role` takes a superuser (or, from PostgreSQL 15, `GRANT SET ON
+//! PARAMETER session_replication_role`). Tables are mapped by name, values travel as text
+//! (see `table`, `statement`). Inserts go by COPY (`copy`); updates and deletes by prepared
+//! statements, pipelined (`pipeline`).
+//!
+//! Values are read with the follower's input functions, so the leader's text output must be
+//! unambiguous: the replication connection should use `DateStyle = ISO`, `IntervalStyle =
+//! postgres` and `extra_float_digits = 3`, as PostgreSQL's own subscriber asks of its
+//! publisher; `money` needs the same `lc_monetary` on both sides.
+
+mod change;
+mod copy;
+mod error;
+mod migrate;
+mod pipeline;
+mod progress;
+mod replay;
+mod statement;
+mod table;
+
+use std::sync::Arc;
+
+use tokio_postgres::{Client, Statement};
+use tracing::{debug, warn};
+
+use crate::log::entry::{self, EntryKind};
+use crate::log::{Record, RecordKind};
+use crate::lsn::EntryId;
+use copy::CopyBatch;
+use error::pg;
+use pipeline::{Check, Op, Pipeline};
+use table::Tables;
+
+pub use copy::COPY_BATCH_BYTES;
+pub use error::{ApplyError, KEY_DISPLAY_CHARS};
+pub use pipeline::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+pub use progress::AppliedPosition;
+pub use table::MAX_SHAPES_PER_TABLE;
+
+/// Settings of the apply session, in the order they are set.
+const SESSION_SETUP: &str = "SET session_replication_role = replica; \
+     SET default_transaction_read_only = off; \
+     SET default_transaction_isolation = 'read committed'; \
+     SET search_path = ''; \
+     SET statement_timeout = 0; \
+     SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0";
+
+/// Replays log records into one database. See the module docs.
+pub struct Applier {
+    client: Arc<Client>,
+    begin: Statement,
+    commit: Statement,
+    progress: Statement,
+    tables: Tables,
+    pipeline: Pipeline,
+    copy: CopyBatch,
+    /// Scratch for the shape of the current update or delete.
+    shape: Vec<u8>,
+    /// The last entry committed to the database.
+    committed: Option<AppliedPosition>,
+    /// The last entry applied in the open transaction, committed with it.
+    staged: Option<AppliedPosition>,
+    /// The entry whose chunks are being applied (its closing record is still to come).
+    partial: Option<EntryId>,
+    in_transaction: bool,
+}
+
+impl Applier {
+    /// Connects (tokio-postgres), runs pending migrations, sets the apply session up.
+    pub async fn connect(pg_config: &tokio_postgres::Config) -> Result<Applier, ApplyError> {
+        let mut client = crate::sql::connect(pg_config).await.map_err(pg("connect"))?;
+        client.batch_execute(SESSION_SETUP).await.map_err(pg("set the apply session up"))?;
+        migrate::run(&mut client).await?;
+        let begin = client.prepare("BEGIN").await.map_err(pg("prepare BEGIN"))?;
+        let commit = client.prepare("COMMIT").await.map_err(pg("prepare COMMIT"))?;
+        let progress = client.prepare(progress::UPSERT).await.map_err(pg("prepare the progress update"))?;
+        let mut applier = Applier {
+            client: Arc::new(client),
+            begin,
+            commit,
+            progress,
+            tables: Tables::default(),
+            pipeline: Pipeline::default(),
+            copy: CopyBatch::default(),
+            shape: Vec::new(),
+            committed: None,
+            staged: None,
+            partial: None,
+            in_transaction: false,
+        };
+        applier.committed = applier.read_progress().await?;
+        debug!(applied = ?applier.committed.map(|p| p.id), "applier connected");
+        Ok(applier)
+    }
+
+    /// The last entry whose effects are committed in this database (from walship.progress).
+    pub async fn applied(&mut self) -> Result<Option<AppliedPosition>, ApplyError> {
+        if !self.in_transaction {
+            self.committed = self.read_progress().await?;
+        }
+        Ok(self.committed)
+    }
+
+    /// A database transaction is open: records were applied since the last commit.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// Applies one log record (a chunk or the closing record of an entry), opening a database
+    /// transaction if none is open. Entries other than transactions (heartbeats, messages)
+    /// only advance progress. On error the open transaction is rolled back.
+    pub async fn apply_record(&mut self, record: &Record) -> Result<(), ApplyError> {
+        self.check_order(record.id)?;
+        match self.apply_in_order(record).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.abort(error).await),
+        }
+    }
+
+    /// Commits the open database transaction with the progress of its last entry; returns
+    /// what is now applied. Only valid between entries.
+    pub async fn commit(&mut self) -> Result<Option<AppliedPosition>, ApplyError> {
+        if let Some(open) = self.partial {
+            return Err(ApplyError::InsideEntry(open));
+        }
+        if !self.in_transaction {
+            return Ok(self.committed);
+        }
+        match self.commit_open().await {
+            Ok(()) => {
+                self.in_transaction = false;
+                self.committed = self.staged.take().or(self.committed);
+                Ok(self.committed)
+            }
+            Err(error) => Err(self.abort(error).await),
+        }
+    }
+
+    /// Makes the database refuse client writes (`ALTER DATABASE ... SET
+    /// default_transaction_read_only = on`; the apply session itself stays writable), or
+    /// undoes that. Takes effect for sessions that start afterwards.
+    pub async fn set_read_only(&mut self, on: bool) -> Result<(), ApplyError> {
+        if self.in_transaction {
+            return Err(ApplyError::TransactionOpen("set_read_only"));
+        }
+        let row = self
+            .client
+            .query_one("SELECT pg_catalog.current_database()::text", &[])
+            .await
+            .map_err(pg("find the current database"))?;
+        let database: String = row.try_get(0).map_err(pg("find the current database"))?;
+        let database = table::quote_ident(&database);
+        let sql = if on {
+            format!("ALTER DATABASE {database} SET default_transaction_read_only = on")
+        } else {
+            format!("ALTER DATABASE {database} RESET default_transaction_read_only")
+        };
+        self.client.batch_execute(&sql).await.map_err(pg("set the database read-only"))
+    }
+
+    async fn read_progress(&mut self) -> Result<Option<AppliedPosition>, ApplyError> {
+        let row = self.client.query_opt(progress::SELECT, &[]).await.map_err(pg("read walship.progress"))?;
+        row.map(|row| progress::from_row(&row)).transpose().map_err(pg("read walship.progress"))
+    }
+
+    /// Refuses a record that is not the next one in log order.
+    fn check_order(&self, id: EntryId) -> Result<(), ApplyError> {
+        if let Some(open) = self.partial {
+            if open == id {
+                return Ok(());
+            }
+            let expected = format!("the rest of entry {open}");
+            return Err(ApplyError::OutOfOrder { expected, got: id });
+        }
+        if let Some(committed) = self.committed.filter(|c| id.index <= c.id.index) {
+            return Err(ApplyError::AlreadyApplied { record: id, applied: committed.id });
+        }
+        let Some(last) = self.staged.or(self.committed) else {
+            return Ok(());
+        };
+        if id.index != last.id.index.next() || id.term < last.id.term {
+            let expected = format!("index {} in term {} or later", last.id.index.next(), last.id.term);
+            return Err(ApplyError::OutOfOrder { expected, got: id });
+        }
+        Ok(())
+    }
+
+    async fn apply_in_order(&mut self, record: &Record) -> Result<(), ApplyError> {
+        let id = record.id;
+        if !self.in_transaction {
+            let check = Check::Statement { entry: None, what: "begin" };
+            let op = Op::execute(&self.client, self.begin.clone(), Vec::<String>::new(), check);
+            self.pipeline.push(op).await?;
+            self.in_transaction = true;
+        }
+        if record.kind == RecordKind::Chunk {
+            self.partial = Some(id);
+            return self.apply_items(id, &record.payload, entry::chunk_items(&record.payload)).await;
+        }
+        let (header, items) = entry::decode_entry(&record.payload)
+            .map_err(|e| ApplyError::Malformed { entry: id, reason: e.to_string() })?;
+        if header.kind == EntryKind::Transaction {
+            self.apply_items(id, &record.payload, items).await?;
+        }
+        self.partial = None;
+        self.staged = Some(AppliedPosition { id, end_lsn: header.end_lsn, commit_time: header.commit_time });
+        Ok(())
+    }
+
+    async fn commit_open(&mut self) -> Result<(), ApplyError> {
+        self.flush_copy().await?;
+        let entry = self.staged.map(|s| s.id);
+        if let Some(position) = &self.staged {
+            let expected = self.committed.map(|c| c.id);
+            let params = progress::upsert_params(position, expected);
+            let check = Check::Progress { expected };
+            let op = Op::execute(&self.client, self.progress.clone(), params, check);
+            self.pipeline.push(op).await?;
+        }
+        // Every result is checked before COMMIT is sent: a wrong row count fails no statement
+        // on the server, and must still keep the transaction from committing.
+        self.pipeline.drain().await?;
+        let check = Check::Statement { entry, what: "commit" };
+        let op = Op::execute(&self.client, self.commit.clone(), Vec::<String>::new(), check);
+        self.pipeline.push(op).await?;
+        self.pipeline.drain().await
+    }
+
+    /// Rolls back after `error`, returning the error that caused it: an earlier statement
+    /// still in flight may have failed first.
+    async fn abort(&mut self, error: ApplyError) -> ApplyError {
+        let error = match self.pipeline.drain().await {
+            Err(first) => first,
+            Ok(()) => error,
+        };
+        self.pipeline.clear();
+        self.copy.clear();
+        self.tables.clear();
+        self.partial = None;
+        self.staged = None;
+        if self.in_transaction {
+            self.in_transaction = false;
+            if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+                warn!(error = %e, "rollback of the apply transaction failed");
+            }
+        }
+        error
+    }
+}
+
+#[cfg(test)]
+mod tests;

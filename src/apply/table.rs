@@ -1,0 +1,263 @@
+//! The follower's tables, found by the leader's names, and their prepared statements.
+//!
+//! A leader relation (namespace, name, column names) maps to the follower table of the same
+//! names, never by OID. Column types are the follower's own: values travel as text and the
+//! follower's input functions read them. The mapping is cached per leader relation id and
+//! looked up again whenever a Relation message differs from the one it was made from (a
+//! schema change on the leader, or another leader whose OIDs mean other tables).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement};
+
+use super::error::ApplyError;
+use super::pipeline::Pipeline;
+use super::statement;
+use crate::lsn::EntryId;
+use crate::source::pgoutput::{Relation, COLUMN_KEY};
+
+/// Prepared update and delete statements kept per table. Shapes multiply with the NULL
+/// patterns of replica identity FULL rows; past this many the table's cache starts afresh.
+pub const MAX_SHAPES_PER_TABLE: usize = 64;
+
+/// The follower's columns of a table: `(partitioned, column name or NULL for a table without
+/// columns, whether the type has a default equality operator, type oid)`. Equality is looked for on the
+/// type under any domains and array levels, as PostgreSQL's type cache does.
+const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
+ (WITH RECURSIVE walk(oid, depth) AS ( \
+     SELECT a.atttypid, 0 \
+   UNION ALL \
+     SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, walk.depth + 1 \
+     FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid \
+     WHERE t.typtype = 'd' OR (t.typcategory = 'A' AND t.typelem <> 0)) \
+  SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc \
+     JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod \
+     WHERE oc.opcdefault AND am.amname IN ('btree', 'hash') \
+     AND oc.opcintype IN (t.oid, CASE t.typtype \
+       WHEN 'e' THEN pg_catalog.to_regtype('anyenum') \
+       WHEN 'r' THEN pg_catalog.to_regtype('anyrange') \
+       WHEN 'm' THEN pg_catalog.to_regtype('anymultirange') \
+       WHEN 'c' THEN pg_catalog.to_regtype('record') END)) \
+  FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1), \
+ a.atttypid \
+ FROM pg_catalog.pg_class c \
+ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+ WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
+
+/// What a change needs to know about its table; shared with the statements in flight.
+#[derive(Debug)]
+pub(super) struct TableMeta {
+    /// `"namespace"."name"`, quoted for SQL.
+    pub sql_name: String,
+    /// `namespace.name`, for messages.
+    pub display: String,
+    /// A partitioned table: a `ctid` alone does not name one of its rows.
+    pub partitioned: bool,
+    /// The leader's columns, in the leader's order, which is the order of tuple values.
+    pub columns: Vec<ColumnMeta>,
+}
+
+#[derive(Debug)]
+pub(super) struct ColumnMeta {
+    pub name: String,
+    /// The name quoted for SQL.
+    pub ident: String,
+    /// Part of the leader's replica identity.
+    pub key: bool,
+    /// The follower's type has an equality operator; else rows are compared as text.
+    pub has_eq: bool,
+    /// The follower's type, which the column's statement parameters are declared as.
+    pub type_oid: u32,
+}
+
+pub(super) struct Table {
+    pub meta: Arc<TableMeta>,
+    /// The Relation message this mapping was made from.
+    message: Bytes,
+    /// Update and delete statements by shape (see `statement`).
+    statements: HashMap<Vec<u8>, Statement>,
+    copy: Option<Statement>,
+}
+
+/// The mapping of the leader's relation ids seen so far.
+#[derive(Default)]
+pub(super) struct Tables {
+    by_rel_id: HashMap<u32, Table>,
+}
+
+impl Tables {
+    /// The relation is mapped, from exactly this Relation message.
+    pub fn is_current(&self, rel_id: u32, message: &[u8]) -> bool {
+        self.by_rel_id.get(&rel_id).is_some_and(|t| t.message == message)
+    }
+
+    /// Takes a Relation message: keeps the mapping when it is the same message as before,
+    /// else maps the relation to the follower's table again. Returns true if it changed.
+    pub async fn relation(
+        &mut self,
+        client: &Client,
+        pipeline: &mut Pipeline,
+        entry: EntryId,
+        relation: &Relation<'_>,
+        message: &Bytes,
+    ) -> Result<bool, ApplyError> {
+        if self.is_current(relation.rel_id, message) {
+            return Ok(false);
+        }
+        pipeline.settle_copies().await?;
+        let meta = resolve(client, entry, relation).await?;
+        let table = Table { meta: Arc::new(meta), message: message.clone(), statements: HashMap::new(), copy: None };
+        self.by_rel_id.insert(relation.rel_id, table);
+        Ok(true)
+    }
+
+    pub fn get(&self, entry: EntryId, rel_id: u32) -> Result<&Table, ApplyError> {
+        self.by_rel_id.get(&rel_id).ok_or_else(|| ApplyError::Malformed {
+            entry,
+            reason: format!("change to relation {rel_id} before its Relation message"),
+        })
+    }
+
+    fn get_mut(&mut self, entry: EntryId, rel_id: u32) -> Result<&mut Table, ApplyError> {
+        self.by_rel_id.get_mut(&rel_id).ok_or_else(|| ApplyError::Malformed {
+            entry,
+            reason: format!("change to relation {rel_id} before its Relation message"),
+        })
+    }
+
+    /// The update or delete statement of this shape, prepared on first use.
+    pub async fn statement(
+        &mut self,
+        client: &Client,
+        pipeline: &mut Pipeline,
+        entry: EntryId,
+        rel_id: u32,
+        shape: &[u8],
+    ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
+        let table = self.get_mut(entry, rel_id)?;
+        if let Some(found) = table.statements.get(shape) {
+            return Ok((table.meta.clone(), found.clone()));
+        }
+        if table.statements.len() >= MAX_SHAPES_PER_TABLE {
+            table.statements.clear(); // dropping a statement closes it on the server
+        }
+        let sql = statement::change_sql(&table.meta, shape);
+        let types = statement::param_types(&table.meta, shape);
+        pipeline.settle_copies().await?;
+        let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
+        table.statements.insert(shape.to_vec(), prepared.clone());
+        Ok((table.meta.clone(), prepared))
+    }
+
+    /// The `COPY ... FROM STDIN` statement of a table, prepared on first use.
+    pub async fn copy(
+        &mut self,
+        client: &Client,
+        pipeline: &mut Pipeline,
+        entry: EntryId,
+        rel_id: u32,
+    ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
+        let table = self.get_mut(entry, rel_id)?;
+        if let Some(found) = &table.copy {
+            return Ok((table.meta.clone(), found.clone()));
+        }
+        let sql = statement::copy_sql(&table.meta);
+        pipeline.settle_copies().await?;
+        let prepared = prepare(client, entry, &table.meta, &sql, &[]).await?;
+        table.copy = Some(prepared.clone());
+        Ok((table.meta.clone(), prepared))
+    }
+
+    /// Forgets every mapping, after an error that may have come from a stale one.
+    pub fn clear(&mut self) {
+        self.by_rel_id.clear();
+    }
+}
+
+async fn prepare(
+    client: &Client,
+    entry: EntryId,
+    meta: &TableMeta,
+    sql: &str,
+    types: &[Type],
+) -> Result<Statement, ApplyError> {
+    client.prepare_typed(sql, types).await.map_err(|source| ApplyError::Change {
+        entry,
+        what: format!("prepare a statement on {}", meta.display),
+        source,
+    })
+}
+
+/// Maps a leader relation to the follower's table of the same names.
+async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Result<TableMeta, ApplyError> {
+    let namespace = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace };
+    let display = format!("{namespace}.{}", relation.name);
+    let diverged =
+        |reason: String| ApplyError::Divergence { entry, table: display.clone(), key: String::new(), reason };
+    let lookup = follower_columns(client, namespace, relation.name).await;
+    let (partitioned, follower) =
+        lookup.map_err(|source| ApplyError::Change { entry, what: format!("look up table {display}"), source })?;
+    let Some(partitioned) = partitioned else {
+        return Err(diverged("the table does not exist on the follower".into()));
+    };
+    let mut columns = Vec::with_capacity(relation.column_count());
+    for column in relation.columns() {
+        let Some(&(has_eq, type_oid)) = follower.get(column.name) else {
+            return Err(diverged(format!("column {} does not exist on the follower", column.name)));
+        };
+        columns.push(ColumnMeta {
+            name: column.name.to_owned(),
+            ident: quote_ident(column.name),
+            key: column.flags & COLUMN_KEY != 0,
+            has_eq,
+            type_oid,
+        });
+    }
+    Ok(TableMeta {
+        sql_name: format!("{}.{}", quote_ident(namespace), quote_ident(relation.name)),
+        display,
+        partitioned,
+        columns,
+    })
+}
+
+/// The follower's columns by name: whether their types have equality, and the type.
+type FollowerColumns = HashMap<String, (bool, u32)>;
+
+/// Whether the table is partitioned (`None`: no such table), and its columns.
+async fn follower_columns(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(Option<bool>, FollowerColumns), tokio_postgres::Error> {
+    let rows = client.query(COLUMNS_SQL, &[&namespace, &name]).await?;
+    let partitioned = rows.first().map(|row| row.try_get(0)).transpose()?;
+    let mut columns = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let name: Option<String> = row.try_get(1)?;
+        let has_eq: Option<bool> = row.try_get(2)?;
+        let type_oid: Option<u32> = row.try_get(3)?;
+        if let (Some(name), Some(type_oid)) = (name, type_oid) {
+            columns.insert(name, (has_eq.unwrap_or(false), type_oid));
+        }
+    }
+    Ok((partitioned, columns))
+}
+
+/// An SQL identifier in double quotes, inner quotes doubled.
+pub(super) fn quote_ident(name: &str) -> String {
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            quoted.push('"');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}

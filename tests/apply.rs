@@ -1,0 +1,371 @@
+//! Follower replay against real PostgreSQL: changes made on a leader instance, decoded through
+//! a pgoutput slot into log records, applied to a follower instance, and the tables compared.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/pair.rs"]
+mod pair;
+
+use std::time::Instant;
+
+use pair::{apply, Pair};
+use tokio_postgres::error::SqlState;
+use walship::apply::{Applier, ApplyError};
+use walship::error::ErrorClass;
+use walship::log::entry::{decode_entry, EntryKind};
+use walship::log::{Record, RecordKind};
+use walship::source::builder::DEFAULT_SPILL_BYTES;
+
+const TYPES_SCHEMA: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TYPE pair AS (a integer, b text);
+CREATE TABLE types (
+    id serial PRIMARY KEY,
+    i2 int2, i4 int4, i8 int8, num numeric, num_p numeric(12, 3), f4 float4, f8 float8,
+    b bool, t text, vc varchar(20), ch char(5), by bytea,
+    d date, tm time, ttz timetz, ts timestamp, tstz timestamptz, iv interval,
+    js json, jb jsonb, ia int[], ta text[], u uuid, m mood, dom posint, comp pair,
+    r4 int4range, rtz tstzrange, ip inet, cn cidr, mac macaddr, x xml, mon money,
+    tsv tsvector, bt bit(4), vb varbit, pt point
+);
+-- Rows found by comparing every column: equality of each type, or text where there is none.
+CREATE TABLE types_full (LIKE types);
+ALTER TABLE types_full REPLICA IDENTITY FULL;
+"#;
+
+const TYPES_ROW: &str = r#"
+    -32768, 2147483647, -9223372036854775808, 'NaN', 123456789.125, 'NaN', 'Infinity', false,
+     E'tab\there\nnew line\\back\rcr "dq" ''sq'' ünï 😀', 'varchar', 'ab', '\x00ff5c0a0d09'::bytea,
+     '2024-02-29', '23:59:59.999999', '12:00:00+05:30', '2000-01-01 00:00:00',
+     '2024-06-01 12:34:56.789+02', '1 year 2 mons 3 days 04:05:06.789',
+     '{"a": [1, 2, {"b": null}], "s": "x\ty"}', '{"a": [1, 2, {"b": null}], "s": "x\ty"}',
+     '{1,NULL,3}', '{"a b","with \"quote\"",NULL,"NULL","back\\slash","comma,here"}',
+     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', 42, ROW(1, 'x "y"\z'),
+     '[1,10)', '[2024-01-01 00:00+00,2024-02-01 00:00+00)', '192.168.0.1/24', '10.0.0.0/8',
+     '08:00:2b:01:02:03', '<a b="1">text &amp; more</a>', 1234.56,
+     'a fat cat:3 sat', B'1010', B'101', '(1.5,-2)'"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_family_replays_through_text() {
+    let mut pair = Pair::start(TYPES_SCHEMA, DEFAULT_SPILL_BYTES).await;
+    let columns = "i2, i4, i8, num, num_p, f4, f8, b, t, vc, ch, by, d, tm, ttz, ts, tstz, iv, js, jb, \
+                   ia, ta, u, m, dom, comp, r4, rtz, ip, cn, mac, x, mon, tsv, bt, vb, pt";
+    for table in ["types", "types_full"] {
+        pair.on_leader(&format!(
+            "INSERT INTO {table} (id, {columns}) VALUES (1, {TYPES_ROW}), (2, {TYPES_ROW});
+             INSERT INTO {table} (id) VALUES (3);
+             UPDATE {table} SET i2 = 32767, i4 = -1, i8 = 0, num = -0.000001, num_p = NULL,
+                 f4 = '-Infinity', f8 = 'NaN', b = true, t = '', vc = NULL, ch = 'abcde',
+                 by = '\\x'::bytea, d = 'infinity', tm = '00:00', ttz = '00:00-12', ts = '-infinity',
+                 tstz = '1999-12-31 23:59:59.999999+00', iv = '-1 day 00:00:01', js = '[]',
+                 jb = '{{}}', ia = '{{}}', ta = '{{NULL}}', u = NULL, m = 'sad', dom = 1,
+                 comp = ROW(NULL, NULL), r4 = 'empty', rtz = '(,)', ip = '::1', cn = '::/0',
+                 mac = NULL, x = '<e/>', mon = -0.01, tsv = '', bt = B'0000', vb = B'', pt = '(0,0)'
+             WHERE id = 1;
+             UPDATE {table} SET ({columns}) = (SELECT {columns} FROM {table} WHERE id = 2) WHERE id = 3;
+             UPDATE {table} SET i2 = 7 WHERE id = 1;
+             DELETE FROM {table} WHERE id = 2;"
+        ));
+    }
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    let applied = apply(&mut applier, &records, 100).await.unwrap();
+    assert_eq!(applied.id, records.last().unwrap().id);
+    pair.assert_replicated();
+    assert_eq!(pair.on_follower("SELECT count(*) FROM types_full WHERE i2 = 7"), "1");
+    assert_eq!(pair.on_follower("SELECT count(*) FROM types"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toasted_values_survive_updates_that_leave_them_alone_even_in_chunks() {
+    let schema = "CREATE TABLE docs (id int PRIMARY KEY, note text, body text);
+                  ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;";
+    // A tiny spill size: every transaction above 2 KB leaves as chunks.
+    let mut pair = Pair::start(schema, 2048).await;
+    pair.on_leader(
+        "INSERT INTO docs VALUES (1, 'n', repeat('abcdefghij', 20000)), (2, 'n', 'short');
+         UPDATE docs SET note = 'changed' WHERE id = 1;
+         UPDATE docs SET body = repeat('0123456789', 20000) || 'x' WHERE id = 1;
+         UPDATE docs SET note = 'again' WHERE id = 1;
+         UPDATE docs SET id = 10 WHERE id = 1;
+         BEGIN;
+         INSERT INTO docs SELECT g, 'bulk', md5(g::text) FROM generate_series(100, 3000) g;
+         UPDATE docs SET note = 'bulk-updated' WHERE id BETWEEN 200 AND 2000;
+         DELETE FROM docs WHERE id BETWEEN 1000 AND 1500;
+         COMMIT;",
+    );
+    let records = pair.records().await;
+    let chunks = records.iter().filter(|r| r.kind == RecordKind::Chunk).count();
+    assert!(chunks > 10, "expected chunked entries, got {chunks} chunks");
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &records, 1).await.unwrap();
+    pair.assert_replicated();
+    let body = pair.on_follower("SELECT length(body), left(body, 10), note FROM docs WHERE id = 10");
+    assert_eq!(body, "200001|0123456789|again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_changes_full_and_index_replica_identities() {
+    let schema = "CREATE TABLE keyed (id int PRIMARY KEY, v text);
+        CREATE TABLE fullrows (a int, b text, j json, p point);
+        ALTER TABLE fullrows REPLICA IDENTITY FULL;
+        CREATE TABLE byindex (id int NOT NULL, code text NOT NULL, v text);
+        CREATE UNIQUE INDEX byindex_code ON byindex (code);
+        ALTER TABLE byindex REPLICA IDENTITY USING INDEX byindex_code;";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    pair.on_leader(
+        r#"INSERT INTO keyed VALUES (1, 'a'), (2, 'b'), (3, 'c');
+        UPDATE keyed SET id = 10 WHERE id = 1;
+        UPDATE keyed SET id = id + 100, v = v || '!';
+        INSERT INTO fullrows VALUES (1, 'x', '{"k": 1}', '(1,2)'), (1, 'x', '{"k": 1}', '(1,2)'),
+            (1, 'x', '{"k": 1}', '(1,2)'), (2, NULL, NULL, NULL);
+        UPDATE fullrows SET b = 'y' WHERE ctid = (SELECT min(ctid) FROM fullrows WHERE a = 1);
+        DELETE FROM fullrows WHERE ctid = (SELECT max(ctid) FROM fullrows WHERE b = 'x');
+        UPDATE fullrows SET a = 3, p = '(0,0)' WHERE a = 2;
+        UPDATE fullrows SET j = '{"k": 2}' WHERE b = 'y';
+        INSERT INTO byindex VALUES (1, 'a', 'one'), (2, 'b', 'two'), (3, 'c', 'three');
+        UPDATE byindex SET v = 'new' WHERE code = 'a';
+        UPDATE byindex SET code = 'z', id = 20 WHERE code = 'b';
+        DELETE FROM byindex WHERE code = 'c';"#,
+    );
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &records, 3).await.unwrap();
+    pair.assert_replicated();
+    assert_eq!(pair.on_follower("SELECT b, count(*) FROM fullrows WHERE a = 1 GROUP BY b ORDER BY b"), "x|1\ny|1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_cascade_schemas_and_quoted_names() {
+    let schema = r#"CREATE TABLE parent (id serial PRIMARY KEY, v text);
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id));
+        CREATE TABLE solo (id serial PRIMARY KEY);
+        CREATE SCHEMA a; CREATE SCHEMA "B b";
+        CREATE TABLE a.items (id int PRIMARY KEY, v text);
+        CREATE TABLE "B b".items (id int PRIMARY KEY, v text);
+        CREATE TABLE "Table With Spaces" ("Id" int PRIMARY KEY, "Val""ue" text);"#;
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    pair.on_leader(
+        r#"INSERT INTO parent (v) VALUES ('p1'), ('p2');
+        INSERT INTO child VALUES (1, 1), (2, 2);
+        INSERT INTO solo DEFAULT VALUES; INSERT INTO solo DEFAULT VALUES;
+        INSERT INTO a.items VALUES (1, 'a1'), (2, 'a2');
+        INSERT INTO "B b".items VALUES (1, 'b1'), (2, 'b2');
+        INSERT INTO "Table With Spaces" VALUES (1, 'tab	and "quotes"');
+        UPDATE a.items SET v = 'a1!' WHERE id = 1;
+        DELETE FROM "B b".items WHERE id = 2;
+        UPDATE "Table With Spaces" SET "Val""ue" = NULL WHERE "Id" = 1;"#,
+    );
+    let first = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &first, 100).await.unwrap();
+    pair.assert_replicated();
+    pair.on_leader(
+        "TRUNCATE parent CASCADE;
+         TRUNCATE solo RESTART IDENTITY;
+         INSERT INTO parent (v) VALUES ('again');
+         INSERT INTO solo DEFAULT VALUES;",
+    );
+    let second = pair.records().await;
+    apply(&mut applier, &second, 100).await.unwrap();
+    pair.assert_replicated();
+    assert_eq!(pair.on_follower("SELECT count(*) FROM child"), "0");
+    assert_eq!(pair.on_follower("SELECT id FROM solo"), "1");
+    assert_eq!(pair.on_follower("SELECT v FROM a.items ORDER BY id"), "a1!\na2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_entry_is_applied_exactly_once_across_reconnects() {
+    let mut pair = Pair::start("CREATE TABLE t (id int PRIMARY KEY, v text);", DEFAULT_SPILL_BYTES).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    for i in 1..=12 {
+        pair.on_leader(&format!(
+            "BEGIN; INSERT INTO t VALUES ({i}, 'v{i}'); UPDATE t SET v = v || '!' WHERE id = {i};
+             SELECT pg_logical_emit_message(true, 'app', 'in a transaction'); COMMIT;"
+        ));
+        // Not after the last transaction: nothing flushes WAL after a non-transactional message.
+        if i % 4 == 2 {
+            pair.on_leader(&format!(
+                "SELECT pg_logical_emit_message(false, 'walship.heartbeat', 'a 1 {now}');
+                 SELECT pg_logical_emit_message(false, 'other', 'not a heartbeat');"
+            ));
+        }
+    }
+    let records = pair.records().await;
+    assert!(records.iter().all(|r| r.kind == RecordKind::Entry));
+    assert_eq!(records.len(), 12 + 6);
+    // Ends with a heartbeat, which advances progress like any entry.
+    let (first_half, rest) = records.split_at(9);
+    let (last, _) = decode_entry(&first_half[8].payload).unwrap();
+    assert_eq!(last.kind, EntryKind::Heartbeat);
+
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    assert_eq!(applier.applied().await.unwrap(), None);
+    let applied = apply(&mut applier, first_half, 2).await.unwrap();
+    assert_eq!(applied.id, first_half[8].id);
+    let (header, _) = decode_entry(&first_half[8].payload).unwrap();
+    assert_eq!((applied.end_lsn, applied.commit_time), (header.end_lsn, header.commit_time));
+    // Applied but not committed when the applier goes away: rolled back.
+    applier.apply_record(&rest[0]).await.unwrap();
+    applier.apply_record(&rest[1]).await.unwrap();
+    drop(applier);
+
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    assert_eq!(applier.applied().await.unwrap(), Some(applied));
+    let rows = pair.on_follower("SELECT count(*) FROM t");
+    assert_eq!(rows, "6", "entries 1..=9 hold six transactions");
+    match applier.apply_record(&first_half[8]).await {
+        Err(e @ ApplyError::AlreadyApplied { .. }) => assert_eq!(e.class(), ErrorClass::Fatal),
+        other => panic!("re-applying an applied entry: {other:?}"),
+    }
+    assert!(matches!(applier.apply_record(&first_half[3]).await, Err(ApplyError::AlreadyApplied { .. })));
+    assert!(matches!(applier.apply_record(&rest[1]).await, Err(ApplyError::OutOfOrder { .. })));
+    // Another applier that still believes in the earlier progress cannot commit over it.
+    let mut stale = Applier::connect(&pair.follower_config()).await.unwrap();
+    let end = apply(&mut applier, rest, 4).await.unwrap();
+    stale.apply_record(&rest[0]).await.unwrap();
+    let moved = stale.commit().await.unwrap_err();
+    assert!(matches!(moved, ApplyError::ProgressMoved { .. }), "{moved:?}");
+    assert_eq!(stale.applied().await.unwrap(), Some(end));
+    assert_eq!(end.id, records.last().unwrap().id);
+    let rows = pair.on_follower("SELECT count(*), count(*) FILTER (WHERE v LIKE '%!') FROM t");
+    assert_eq!(rows, "12|12");
+    pair.assert_replicated();
+    let progress = pair.on_follower("SELECT term, applied_index FROM walship.progress");
+    assert_eq!(progress, format!("1|{}", end.id.index));
+}
+
+/// Applies until the first error, committing after every entry; returns the error.
+async fn apply_until_error(applier: &mut Applier, records: &[Record]) -> ApplyError {
+    for record in records {
+        if let Err(e) = applier.apply_record(record).await {
+            return e;
+        }
+    }
+    applier.commit().await.expect_err("replay should have diverged")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergence_stops_replay_naming_entry_table_and_key() {
+    let schema = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE gone (id int PRIMARY KEY);";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    pair.on_leader("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');");
+    let setup = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    let applied = apply(&mut applier, &setup, 1).await;
+
+    // A row deleted behind the applier's back: the leader's update of it must not vanish.
+    pair.on_follower("DELETE FROM t WHERE id = 2;");
+    pair.on_leader("INSERT INTO t VALUES (4, 'd'); UPDATE t SET v = 'x' WHERE id = 2;");
+    let records = pair.records().await;
+    match apply_until_error(&mut applier, &records).await {
+        e @ ApplyError::Divergence { .. } => {
+            assert_eq!(e.class(), ErrorClass::Operator);
+            let ApplyError::Divergence { entry, table, key, .. } = e else { unreachable!() };
+            assert_eq!((entry, table.as_str(), key.as_str()), (records[1].id, "public.t", "id=2"));
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+    // Rolled back: the insert grouped into the same transaction is not there either.
+    assert_eq!(applier.applied().await.unwrap(), applied);
+    assert_eq!(pair.on_follower("SELECT count(*) FROM t WHERE id = 4"), "0");
+
+    // The follower's own row in the way of an insert.
+    pair.on_follower("INSERT INTO t VALUES (2, 'b'), (5, 'mine');");
+    apply(&mut applier, &records, 1).await;
+    pair.on_leader("INSERT INTO t VALUES (5, 'e');");
+    let records = pair.records().await;
+    match apply_until_error(&mut applier, &records).await {
+        ApplyError::Divergence { entry, table, key, .. } => {
+            assert_eq!((entry, table.as_str(), key.as_str()), (records[0].id, "public.t", "id=5"));
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+
+    // A table the follower does not have.
+    pair.on_follower("DELETE FROM t WHERE id = 5; DROP TABLE gone;");
+    pair.on_leader("INSERT INTO gone VALUES (1);");
+    let more = pair.records().await;
+    apply(&mut applier, &records, 1).await;
+    match apply_until_error(&mut applier, &more).await {
+        ApplyError::Divergence { entry, table, reason, .. } => {
+            assert_eq!((entry, table.as_str()), (more[0].id, "public.gone"));
+            assert!(reason.contains("does not exist"), "{reason}");
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+    assert_eq!(applier.applied().await.unwrap().unwrap().id, records[0].id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_database_refuses_clients_but_not_the_applier() {
+    let mut pair = Pair::start("CREATE TABLE t (id int PRIMARY KEY);", DEFAULT_SPILL_BYTES).await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    applier.set_read_only(true).await.unwrap();
+    let client = walship::sql::connect(&pair.follower_config()).await.unwrap();
+    let refused = client.execute("INSERT INTO t VALUES (100)", &[]).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+
+    pair.on_leader("INSERT INTO t VALUES (1); UPDATE t SET id = 2;");
+    let records = pair.records().await;
+    apply(&mut applier, &records, 1).await.unwrap();
+    pair.assert_replicated();
+
+    applier.set_read_only(false).await.unwrap();
+    let client = walship::sql::connect(&pair.follower_config()).await.unwrap();
+    client.execute("INSERT INTO t VALUES (100)", &[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_even_when_two_connect_at_once() {
+    let pair = Pair::start("CREATE TABLE t (id int PRIMARY KEY);", DEFAULT_SPILL_BYTES).await;
+    let config = pair.follower_config();
+    let (a, b) = tokio::join!(Applier::connect(&config), Applier::connect(&config));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let migrations = "SELECT version, name, applied_at FROM walship.migrations";
+    let first = pair.on_follower(migrations);
+    assert_eq!(first.lines().count(), 1, "{first}");
+    drop((a, b));
+    let mut again = Applier::connect(&config).await.unwrap();
+    assert_eq!(pair.on_follower(migrations), first);
+    assert_eq!(again.applied().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_rate() {
+    // Smaller in debug builds; run with --release for the numbers.
+    let scale = if cfg!(debug_assertions) { 5 } else { 1 };
+    let (inserts, updates) = (100_000 / scale, 50_000 / scale);
+    let schema = "CREATE TABLE bench (id int PRIMARY KEY, v text, n int);";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    pair.on_leader(&format!(
+        "DO $$ BEGIN FOR b IN 0..{} LOOP
+           INSERT INTO bench SELECT g, md5(g::text), g FROM generate_series(b * 1000 + 1, b * 1000 + 1000) g;
+           COMMIT;
+         END LOOP; END $$;",
+        inserts / 1000 - 1
+    ));
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    let started = Instant::now();
+    apply(&mut applier, &records, 1).await.unwrap();
+    let rate = inserts as f64 / started.elapsed().as_secs_f64();
+    println!("apply rate: {inserts} inserts in 1000-row transactions, one commit each: {rate:.0} rows/s");
+
+    pair.on_leader(&format!(
+        "DO $$ BEGIN FOR i IN 1..{updates} LOOP
+           UPDATE bench SET n = n + 1, v = 'u' WHERE id = i; COMMIT;
+         END LOOP; END $$;"
+    ));
+    let records = pair.records().await;
+    let (grouped, single) = records.split_at(records.len() / 2);
+    let started = Instant::now();
+    apply(&mut applier, grouped, 1000).await.unwrap();
+    let rate = grouped.len() as f64 / started.elapsed().as_secs_f64();
+    println!("apply rate: single-row update transactions, 1000 per commit: {rate:.0} rows/s");
+    let started = Instant::now();
+    apply(&mut applier, single, 1).await.unwrap();
+    let rate = single.len() as f64 / started.elapsed().as_secs_f64();
+    println!("apply rate: single-row update transactions, one commit each: {rate:.0} rows/s");
+    pair.assert_replicated();
+}
