@@ -71,7 +71,12 @@ pub struct SourceSettings {
 #[derive(Clone, Debug)]
 pub struct LogSettings {
     pub segment_bytes: u64,
+    /// The leader keeps entries a follower still needs only up to this size.
+    pub retain_max_bytes: u64,
 }
+
+/// Default of `log.retain_max_bytes`.
+pub const DEFAULT_RETAIN_MAX_BYTES: u64 = 8 << 30;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +130,7 @@ struct RawSource {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     segment_bytes: Option<u64>,
+    retain_max_bytes: Option<u64>,
 }
 
 fn default_role() -> String {
@@ -179,7 +185,10 @@ impl Config {
             peers.push(Peer { node: p.node, relay: p.relay, admin: p.admin });
         }
         let source = source_settings(&raw.node, raw.source).map_err(|(k, r)| invalid(k, r))?;
-        let log = LogSettings { segment_bytes: raw.log.segment_bytes.unwrap_or(64 << 20).max(1 << 16) };
+        let log = LogSettings {
+            segment_bytes: raw.log.segment_bytes.unwrap_or(64 << 20).max(1 << 16),
+            retain_max_bytes: raw.log.retain_max_bytes.unwrap_or(DEFAULT_RETAIN_MAX_BYTES),
+        };
         Ok(Config {
             node: raw.node,
             cluster: raw.cluster,

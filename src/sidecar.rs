@@ -121,16 +121,20 @@ async fn start_relay(
         .await
         .map_err(|source| SidecarError::Relay { addr: config.listen, source })?;
     info!(addr = %config.listen, "relay listening");
+    let followers = Followers::default();
     let server = Arc::new(RelayServer {
         cluster: config.cluster.clone(),
         node: config.node.clone(),
         term: state.term(),
         token,
         log: log.clone(),
-        followers: Followers::default(),
+        followers: followers.clone(),
         durable,
     });
     tasks.spawn(relay::server::serve(listener, server, shutdown.child_token()));
+    let peers = config.peers.iter().map(|p| p.node.clone()).collect();
+    let cap = config.log.retain_max_bytes;
+    tasks.spawn(relay::retention::run(log.clone(), followers, peers, cap, shutdown.child_token()));
     Ok(())
 }
 

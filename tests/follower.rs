@@ -151,3 +151,44 @@ fn a_follower_of_another_cluster_is_refused() {
     leader.stop();
     leader.assert_no_errors();
 }
+
+#[test]
+fn a_follower_whose_entries_the_leader_dropped_is_told_to_reseed() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    for pg in [&leader_pg, &follower_pg] {
+        pg.psql("postgres", SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[source]\nheartbeat_interval = \"200ms\"\n[log]\nsegment_bytes = 65536\nretain_max_bytes = 300000\n";
+    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, extra);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    leader.add_peer(&b);
+    leader.start();
+    wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(&leader_pg) > Lsn::ZERO);
+    b.start();
+    leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'first' FROM generate_series(1, 10) g").unwrap();
+    wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));
+    b.stop();
+
+    // Far more than the cap, in many transactions: whole segments become removable.
+    leader_pg
+        .psql(
+            "postgres",
+            "DO $$ BEGIN FOR i IN 1..2000 LOOP \
+               INSERT INTO events (account) SELECT g FROM generate_series(1, 20) g; COMMIT; \
+             END LOOP; END $$",
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(30), "retention to remove segments", || {
+        leader.log_text().contains("removed log segments")
+    });
+    assert!(leader.log_text().contains("over its size cap"), "{}", leader.log_tail());
+
+    b.start();
+    wait_until(Duration::from_secs(30), "the follower to be told to re-seed", || b.log_text().contains("re-seed"));
+    let events = follower_pg.psql("postgres", "SELECT count(*) FROM events").unwrap();
+    assert_eq!(events.trim(), "0", "nothing may be applied past a gap");
+    b.stop();
+    leader.stop();
+}

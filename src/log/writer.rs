@@ -197,6 +197,11 @@ impl Log {
         self.active.as_ref().map(|a| (a.segment.first, a.segment.len))
     }
 
+    /// Every segment's first index and size in bytes, oldest first; the last is the active one.
+    pub fn segment_sizes(&self) -> Vec<(Index, u64)> {
+        self.segments().map(|s| (s.first, s.len)).collect()
+    }
+
     fn segments(&self) -> impl Iterator<Item = &Segment> {
         self.sealed.iter().chain(self.active.as_ref().map(|a| &a.segment))
     }

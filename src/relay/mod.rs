@@ -131,6 +131,7 @@ mod framed;
 mod handshake;
 mod message;
 pub mod progress;
+pub mod retention;
 pub mod server;
 
 #[cfg(test)]

@@ -84,6 +84,16 @@ impl Sidecar {
         }
     }
 
+    /// Lists `peer` in this sidecar's `[[peers]]`.
+    pub fn add_peer(&self, peer: &Sidecar) {
+        let mut config = fs::read_to_string(&self.config_path).unwrap();
+        config.push_str(&format!(
+            "\n[[peers]]\nnode = \"{}\"\nrelay = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            peer.node, peer.relay_port, peer.admin_port
+        ));
+        fs::write(&self.config_path, config).unwrap();
+    }
+
     /// Replaces the shared token this sidecar uses.
     pub fn set_token(&self, token: &str) {
         fs::write(self.dir.join("token"), token).unwrap();
