@@ -19,12 +19,12 @@ use crate::apply::{Applier, ApplyError};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
+use crate::log::committer::{Durable, Writer, WRITE_QUEUE_BATCHES};
 use crate::log::{Log, LogError, RecordKind};
-use crate::lsn::{Index, Lsn};
+use crate::lsn::Index;
 use crate::node::NodeState;
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
 use crate::source::stream::SharedSink;
-use crate::source::writer::{Durable, Writer, WRITE_QUEUE_BATCHES};
 
 /// Leader transactions grouped into one follower transaction at most, while catching up.
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
@@ -41,6 +41,8 @@ pub enum FollowerError {
     Log(#[from] LogError),
     #[error("cannot start the log writer: {0}")]
     Thread(std::io::Error),
+    #[error("log: {0}")]
+    LogEnd(#[from] crate::log::committer::UnreadableEnd),
     #[error("the log writer stopped")]
     WriterGone,
     #[error("the database has applied entry {applied} but this node's log starts at {first}: re-seed this node")]
@@ -52,7 +54,9 @@ impl FollowerError {
         match self {
             FollowerError::Follow(e) => e.class(),
             FollowerError::Apply(e) => e.class(),
-            FollowerError::Log(_) | FollowerError::Thread(_) | FollowerError::WriterGone => ErrorClass::Fatal,
+            FollowerError::Log(_) | FollowerError::LogEnd(_) | FollowerError::Thread(_) | FollowerError::WriterGone => {
+                ErrorClass::Fatal
+            }
             FollowerError::Gap { .. } => ErrorClass::Operator,
         }
     }
@@ -69,9 +73,9 @@ pub async fn run(
 ) -> Result<(), FollowerError> {
     let span = info_span!("follower", node = %config.node, term = %state.term());
     async move {
-        let (_, start) = {
+        let start = {
             let log = log.lock().map_err(|_| LogError::Failed)?;
-            crate::source::log_position(&log, Lsn::ZERO).map_err(|_| LogError::Failed)?
+            Durable::of_log(&log)?
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
         let durable_rx = durable_tx.subscribe();

@@ -10,12 +10,12 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Role};
 use crate::follower::{self, FollowerError};
+use crate::log::committer::Durable;
 use crate::log::{Log, LogError, LogOptions};
 use crate::node::{NodeState, StateError};
 use crate::relay::progress::Followers;
 use crate::relay::server::RelayServer;
 use crate::relay::{self};
-use crate::source::writer::Durable;
 use crate::source::{self, SourceError};
 
 #[derive(Debug, thiserror::Error)]

@@ -58,6 +58,8 @@ pub enum EntryError {
     ItemOverrun { offset: usize, len: usize, left: usize },
     #[error("item length field cut short at offset {0}")]
     ShortItemLength(usize),
+    #[error("cannot read the entry: {0}")]
+    Unreadable(String),
 }
 
 impl EntryHeader {

@@ -75,6 +75,7 @@
 //! reader learns what it may read from the [`Flushed`] value on a watch channel, so it never
 //! reads bytes that are not yet durable.
 
+pub mod committer;
 pub mod entry;
 mod error;
 mod format;

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::backoff::Backoff;
 use crate::config::Peer;
 use crate::error::ErrorClass;
+use crate::log::committer::{Durable, WriteCmd};
 use crate::log::entry::EntryHeader;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
@@ -26,7 +27,6 @@ use crate::relay::{
     HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
 use crate::source::builder::Output;
-use crate::source::writer::{Durable, WriteCmd};
 
 /// How long a peer may take to accept a connection and send its challenge.
 pub const PEER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);

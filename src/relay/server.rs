@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::error::ErrorClass;
+use crate::log::committer::Durable;
 use crate::log::{Log, LogError, Record};
 use crate::lsn::{EntryId, Term};
 use crate::relay::progress::Followers;
@@ -25,7 +26,6 @@ use crate::relay::{
     StreamStart, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
 use crate::source::conn::unix_micros_now;
-use crate::source::writer::Durable;
 
 /// Records read ahead of the socket per follower.
 pub const RELAY_QUEUE_RECORDS: usize = 64;

@@ -20,7 +20,6 @@ pub mod pgoutput;
 pub mod setup;
 pub mod stream;
 mod tail;
-pub mod writer;
 
 use std::sync::{Arc, Mutex};
 
@@ -31,14 +30,14 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
-use crate::log::entry::{EntryError, EntryHeader};
-use crate::log::{Log, LogError, RecordKind};
+use crate::log::committer::{self, Durable, WriteCmd, Writer};
+use crate::log::entry::EntryError;
+use crate::log::{Log, LogError};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::node::{NodeState, StateError};
 use builder::{BuildError, EntryBuilder};
 use conn::{ReplConnection, ReplError};
 use stream::{ReplStream, SharedSink};
-use writer::{Durable, WriteCmd, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -91,23 +90,6 @@ impl SourceError {
     }
 }
 
-/// Where the log ends: the next index and the WAL position to resume after.
-pub fn log_position(log: &Log, consistent_point: Lsn) -> Result<(Index, Durable), SourceError> {
-    let Some(last) = log.last_written() else {
-        let next = log.first_index().unwrap_or(Index(1));
-        return Ok((next, Durable { last: None, end_lsn: consistent_point }));
-    };
-    let mut reader = log.reader(last.index)?;
-    while let Some(record) = reader.next()? {
-        if matches!(record.kind, RecordKind::Entry) && record.id == last {
-            let header = EntryHeader::decode(&record.payload).map_err(|e| SourceError::Entry(last, e))?;
-            let end_lsn = header.end_lsn.max(consistent_point);
-            return Ok((last.index.next(), Durable { last: Some(last), end_lsn }));
-        }
-    }
-    Err(SourceError::Log(LogError::BeyondEnd { requested: last.index, next: last.index }))
-}
-
 /// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`,
 /// publishing what is durable on `durable_tx`.
 pub async fn run_leader(
@@ -120,9 +102,9 @@ pub async fn run_leader(
     let term = state.term();
     let span = info_span!("source", node = %config.node, term = %term);
     async move {
-        let (next_index, mut durable) = {
+        let mut durable = {
             let log = log.lock().map_err(|_| LogError::Failed)?;
-            log_position(&log, Lsn::ZERO)?
+            Durable::of_log(&log).map_err(|e| SourceError::Entry(e.0, e.1))?
         };
         let log_end = durable.last.map(|_| durable.end_lsn);
         let mut backoff = Backoff::default();
@@ -137,8 +119,9 @@ pub async fn run_leader(
             }
         };
         durable.end_lsn = durable.end_lsn.max(leader.consistent_point());
+        let next_index = durable.last.map_or_else(|| log_first_or_one(&log), |last| Ok(last.index.next()))?;
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
-        let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE_BATCHES);
+        let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
         let durable_rx = durable_tx.subscribe();
         let writer_thread = Writer::spawn(log, durable, rx, sink.clone(), durable_tx).map_err(SourceError::Thread)?;
@@ -248,4 +231,9 @@ async fn wait_or_fail(e: SourceError, backoff: &mut Backoff, cancel: &Cancellati
         _ = tokio::time::sleep(delay) => {}
     }
     Ok(())
+}
+
+/// The index a fresh log starts at: 1, or where a seeded log begins.
+fn log_first_or_one(log: &Arc<Mutex<Log>>) -> Result<Index, SourceError> {
+    Ok(log.lock().map_err(|_| LogError::Failed)?.first_index().unwrap_or(Index(1)))
 }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::log::committer::{Durable, WriteCmd};
 use crate::source::builder::{EntryBuilder, Output};
 use crate::source::stream::{CopyMessage, ReplStream, SharedSink, StatusSink};
-use crate::source::writer::{Durable, WriteCmd};
 use crate::source::SourceError;
 
 /// Records gathered from the socket before they are handed to the writer.

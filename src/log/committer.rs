@@ -1,6 +1,7 @@
-//! The log writer: one thread that appends what the source built and group-commits it.
+//! The log committer: one thread that appends records and group-commits them, for the leader
+//! (records its source built) and for followers (records received from the leader).
 //!
-//! The source sends batches of records through a bounded channel; the writer appends every
+//! Records come in batches through a bounded channel; the writer appends every
 //! batch waiting, fsyncs once, and only then publishes the new durable position. That position
 //! is what the source reports to PostgreSQL as flushed, so nothing is confirmed before it is
 //! on disk.
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::log::{Log, LogError};
+use crate::log::entry::{EntryError, EntryHeader};
+use crate::log::{Log, LogError, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::source::builder::Output;
 use crate::source::stream::SharedSink;
@@ -36,6 +38,31 @@ pub enum WriteCmd {
 pub struct Durable {
     pub last: Option<EntryId>,
     pub end_lsn: Lsn,
+}
+
+/// The last entry's header could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("entry {0}: {1}")]
+pub struct UnreadableEnd(pub EntryId, pub EntryError);
+
+impl Durable {
+    /// Where an open log ends: its last complete entry and that entry's `end_lsn`.
+    pub fn of_log(log: &Log) -> Result<Durable, UnreadableEnd> {
+        let Some(last) = log.last_written() else { return Ok(Durable::default()) };
+        let unreadable = |e: EntryError| UnreadableEnd(last, e);
+        let mut reader = log.reader(last.index).map_err(|e| unreadable(EntryError::Unreadable(e.to_string())))?;
+        loop {
+            match reader.next() {
+                Ok(Some(record)) if matches!(record.kind, RecordKind::Entry) && record.id == last => {
+                    let header = EntryHeader::decode(&record.payload).map_err(unreadable)?;
+                    return Ok(Durable { last: Some(last), end_lsn: header.end_lsn });
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(unreadable(EntryError::Unreadable("not found".into()))),
+                Err(e) => return Err(unreadable(EntryError::Unreadable(e.to_string()))),
+            }
+        }
+    }
 }
 
 /// The writer thread; joining it gives the error that stopped it, if any.
