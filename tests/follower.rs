@@ -192,3 +192,51 @@ fn a_follower_whose_entries_the_leader_dropped_is_told_to_reseed() {
     b.stop();
     leader.stop();
 }
+
+#[test]
+fn every_type_family_arrives_identical_through_the_whole_pipeline() {
+    use support::types::{TYPES_ROW, TYPES_SCHEMA};
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    for pg in [&leader_pg, &follower_pg] {
+        pg.psql("postgres", TYPES_SCHEMA).unwrap();
+    }
+    // Output settings that would make text ambiguous must not leak into the stream.
+    leader_pg
+        .psql(
+            "postgres",
+            "ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'; ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'; \
+             ALTER DATABASE postgres SET extra_float_digits = -3",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_leader(dir.path(), &leader_pg);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    b.start();
+    let columns =
+        "i2, i4, i8, num, num_p, f4, f8, b, t, vc, ch, by, d, tm, ttz, ts, tstz, iv, js, jb, ia, ta, u, m, dom, \
+                   comp, r4, rtz, ip, cn, mac, x, mon, tsv, bt, vb, pt";
+    for table in ["types", "types_full"] {
+        leader_pg
+            .psql(
+                "postgres",
+                &format!(
+                    "INSERT INTO {table} (id, {columns}) VALUES (1, {TYPES_ROW}); \
+                     INSERT INTO {table} (id, i4) VALUES (2, NULL); \
+                     INSERT INTO {table} (id, {columns}) VALUES (3, {TYPES_ROW}); \
+                     UPDATE {table} SET f4 = '-Infinity', num = -0.000001, t = NULL WHERE id = 3; \
+                     DELETE FROM {table} WHERE id = 2;"
+                ),
+            )
+            .unwrap();
+    }
+    let tables = ["types", "types_full"];
+    let rows = |pg: &Instance| table_rows(pg, &tables);
+    wait_until(Duration::from_secs(30), "identical rows", || rows(&leader_pg) == rows(&follower_pg));
+    let count = follower_pg.psql("postgres", "SELECT count(*) FROM types_full").unwrap();
+    assert_eq!(count.trim(), "2");
+    b.stop();
+    leader.stop();
+    b.assert_no_errors();
+    leader.assert_no_errors();
+}

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use walship::localpg::Instance;
 
+pub mod types;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
