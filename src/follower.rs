@@ -22,7 +22,7 @@ use crate::error::ErrorClass;
 use crate::log::committer::{Durable, Writer, WRITE_QUEUE_BATCHES};
 use crate::log::{Log, LogError, RecordKind};
 use crate::lsn::Index;
-use crate::node::NodeState;
+use crate::node::{NodeState, RoleChannels};
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
 use crate::source::stream::SharedSink;
 
@@ -68,7 +68,7 @@ pub async fn run(
     state: NodeState,
     log: Arc<Mutex<Log>>,
     token: Arc<[u8]>,
-    durable_tx: watch::Sender<Durable>,
+    channels: RoleChannels,
     cancel: CancellationToken,
 ) -> Result<(), FollowerError> {
     let span = info_span!("follower", node = %config.node, term = %state.term());
@@ -78,10 +78,11 @@ pub async fn run(
             Durable::of_log(&log)?
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
+        let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, .. } = channels;
         let durable_rx = durable_tx.subscribe();
-        let writer =
-            Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx).map_err(FollowerError::Thread)?;
-        let (applied_tx, applied_rx) = watch::channel(Applied::default());
+        let writer = Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx, marks)
+            .map_err(FollowerError::Thread)?;
+        let applied_rx = applied_tx.subscribe();
         let stop = cancel.child_token();
         let replay = tokio::spawn(replay_with_retries(config.postgres.clone(), log, applied_tx, stop.clone()));
         let link = FollowerLink {
@@ -93,7 +94,7 @@ pub async fn run(
             writer: tx,
             durable: durable_rx,
             applied: applied_rx,
-            leader: watch::channel(None).0,
+            leader,
         };
         let followed = client::follow(link, stop.clone()).await;
         stop.cancel();

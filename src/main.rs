@@ -31,6 +31,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the cluster as a table, from a sidecar's admin API.
+    Status {
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        /// The raw JSON of GET /status.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the log's committed transactions.
     Inspect {
         data_dir: PathBuf,
@@ -48,6 +56,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Run { config } => run(config),
+        Command::Status { admin, json } => status(&admin, json),
         Command::Inspect { data_dir, json, all } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -58,6 +67,36 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn status(admin: &str, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walship: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(walship::admin::client::status(admin)) {
+        Ok(status) if json => match serde_json::to_string_pretty(&status) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("walship status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(status) => {
+            print!("{}", walship::admin::client::render(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("walship status: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -10,10 +9,8 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Role};
 use crate::follower::{self, FollowerError};
-use crate::log::committer::Durable;
 use crate::log::{Log, LogError, LogOptions};
-use crate::node::{NodeState, StateError};
-use crate::relay::progress::Followers;
+use crate::node::{NodeState, NodeView, RoleChannels, StateError};
 use crate::relay::server::RelayServer;
 use crate::relay::{self};
 use crate::source::{self, SourceError};
@@ -40,6 +37,8 @@ pub enum SidecarError {
     Token { path: std::path::PathBuf, source: std::io::Error },
     #[error("a follower needs token_file: the shared secret that proves it to the leader")]
     NoToken,
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
@@ -64,10 +63,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let log = Arc::new(Mutex::new(log));
 
     let token = read_token(&config)?;
-    let (durable_tx, durable_rx) = watch::channel(Durable::default());
+    let peers = config.peers.iter().map(|p| p.node.clone()).collect();
+    let (view, channels) = NodeView::new(&config.node, &config.cluster, state.role(), state.term(), peers, log.clone());
 
     let tasks = TaskTracker::new();
-    let admin_state = Arc::new(AdminState { node: config.node.clone(), postgres: config.postgres.clone() });
+    let metrics = admin::metrics::install().map_err(SidecarError::Metrics)?;
+    let admin_state = Arc::new(AdminState {
+        node: config.node.clone(),
+        postgres: config.postgres.clone(),
+        view: view.clone(),
+        metrics,
+    });
     let admin_addr = config.admin;
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
@@ -76,14 +82,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
 
     let role_result = match state.role() {
         Role::Leader => {
-            start_relay(&config, &state, &log, token, durable_rx, &tasks, &shutdown).await?;
-            source::run_leader(config.clone(), state, log, durable_tx, shutdown.clone())
+            start_relay(&config, &state, &view, &channels, token, &tasks, &shutdown).await?;
+            source::run_leader(config.clone(), state, log, channels.durable, channels.marks, shutdown.clone())
                 .await
                 .map_err(SidecarError::from)
         }
         Role::Follower => {
             let token = token.ok_or(SidecarError::NoToken)?;
-            follower::run(config.clone(), state, log, token, durable_tx, shutdown.clone())
+            follower::run(config.clone(), state, log, token, channels, shutdown.clone())
                 .await
                 .map_err(SidecarError::from)
         }
@@ -103,13 +109,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     }
 }
 
-/// Serves the log to followers on `listen`, when a token is configured.
+/// Serves the log to followers on `listen`, when a token is configured, and keeps what they
+/// need of it.
 async fn start_relay(
     config: &Arc<Config>,
     state: &NodeState,
-    log: &Arc<Mutex<Log>>,
+    view: &NodeView,
+    channels: &RoleChannels,
     token: Option<Arc<[u8]>>,
-    durable: watch::Receiver<Durable>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), SidecarError> {
@@ -121,20 +128,25 @@ async fn start_relay(
         .await
         .map_err(|source| SidecarError::Relay { addr: config.listen, source })?;
     info!(addr = %config.listen, "relay listening");
-    let followers = Followers::default();
     let server = Arc::new(RelayServer {
         cluster: config.cluster.clone(),
         node: config.node.clone(),
         term: state.term(),
         token,
-        log: log.clone(),
-        followers: followers.clone(),
-        durable,
+        log: view.log.clone(),
+        followers: channels.followers.clone(),
+        durable: view.durable.clone(),
     });
     tasks.spawn(relay::server::serve(listener, server, shutdown.child_token()));
-    let peers = config.peers.iter().map(|p| p.node.clone()).collect();
     let cap = config.log.retain_max_bytes;
-    tasks.spawn(relay::retention::run(log.clone(), followers, peers, cap, shutdown.child_token()));
+    let retention = relay::retention::run(
+        view.log.clone(),
+        channels.followers.clone(),
+        view.peers.clone(),
+        cap,
+        shutdown.child_token(),
+    );
+    tasks.spawn(retention);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::log::entry::{EntryError, EntryHeader};
+use crate::log::marks::{EntryMarks, Mark};
 use crate::log::{Log, LogError, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::source::builder::Output;
@@ -23,6 +24,10 @@ use crate::source::stream::SharedSink;
 pub const WRITE_QUEUE_BATCHES: usize = 8;
 /// Bytes appended before the writer stops gathering and fsyncs.
 pub const GROUP_COMMIT_BYTES: usize = 32 << 20;
+/// Entries and bytes made durable (Prometheus counters).
+pub const LOG_ENTRIES_APPENDED_TOTAL: &str = "walship_log_entries_appended_total";
+pub const LOG_BYTES_APPENDED_TOTAL: &str = "walship_log_bytes_appended_total";
+
 /// Under sustained load, the writer lets this long pass between fsyncs so each one covers
 /// more; after an idle period it fsyncs at once.
 pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
@@ -73,6 +78,9 @@ pub struct Writer {
     durable: watch::Sender<Durable>,
     written_end: Lsn,
     sink: SharedSink,
+    marks: EntryMarks,
+    /// Entries appended since the last fsync, marked once it is done.
+    unmarked: Vec<Mark>,
 }
 
 impl Writer {
@@ -84,9 +92,10 @@ impl Writer {
         rx: mpsc::Receiver<WriteCmd>,
         sink: SharedSink,
         durable: watch::Sender<Durable>,
+        marks: EntryMarks,
     ) -> std::io::Result<WriterThread> {
         durable.send_replace(start);
-        let writer = Writer { log, durable, written_end: start.end_lsn, sink };
+        let writer = Writer { log, durable, written_end: start.end_lsn, sink, marks, unmarked: Vec::new() };
         std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))
     }
 
@@ -101,11 +110,16 @@ impl Writer {
                 drop(log);
                 std::thread::sleep(wait);
                 log = shared.lock().map_err(|_| LogError::Failed)?;
-                self.drain(&mut log, &mut rx, bytes)?;
+                bytes += self.drain(&mut log, &mut rx, bytes)?;
             }
             let last = log.flush()?;
             drop(log);
+            metrics::counter!(LOG_ENTRIES_APPENDED_TOTAL).increment(self.unmarked.len() as u64);
+            metrics::counter!(LOG_BYTES_APPENDED_TOTAL).increment(bytes as u64);
             last_flush = Some(Instant::now());
+            for mark in self.unmarked.drain(..) {
+                self.marks.record(mark);
+            }
             self.durable.send_replace(Durable { last, end_lsn: self.written_end });
             self.report();
         }
@@ -145,13 +159,15 @@ impl Writer {
                         Output::Entry { id, payload, end_lsn } => {
                             log.append_entry(id, &payload)?;
                             self.written_end = end_lsn;
+                            let commit_time = EntryHeader::decode(&payload).map_or(0, |h| h.commit_time);
+                            self.unmarked.push(Mark { index: id.index, commit_time, end_lsn });
                         }
                     }
                 }
                 Ok(bytes)
             }
             WriteCmd::DropUnfinished => {
-                // Keeps every complete entry; drops the chunks after them.
+                // Keeps every complete entry (marked or not); drops the chunks after them.
                 log.truncate_after(log.last_written().map_or(Index(0), |last| last.index))?;
                 Ok(0)
             }

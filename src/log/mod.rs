@@ -79,6 +79,7 @@ pub mod committer;
 pub mod entry;
 mod error;
 mod format;
+pub mod marks;
 mod reader;
 mod recovery;
 mod segment;

@@ -4,5 +4,7 @@
 //! now this holds the persisted identity of the node.
 
 pub mod state;
+pub mod view;
 
 pub use state::{LeaderState, NodeState, StateError};
+pub use view::{LeaderView, NodeView, RoleChannels};

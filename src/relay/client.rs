@@ -22,8 +22,9 @@ use crate::log::committer::{Durable, WriteCmd};
 use crate::log::entry::EntryHeader;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
+use crate::node::LeaderView;
 use crate::relay::{
-    Ack, FollowerHandshake, FrameError, FrameReader, FrameWriter, HandshakeError, LeaderStatus, Message, StreamStart,
+    Ack, FollowerHandshake, FrameError, FrameReader, FrameWriter, HandshakeError, Message, StreamStart,
     HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
 use crate::source::builder::Output;
@@ -94,8 +95,8 @@ pub struct FollowerLink {
     pub writer: mpsc::Sender<WriteCmd>,
     pub durable: watch::Receiver<Durable>,
     pub applied: watch::Receiver<Applied>,
-    /// The leader's last status, for lag.
-    pub leader: watch::Sender<Option<LeaderStatus>>,
+    /// Who leads and its last status, for lag.
+    pub leader: watch::Sender<Option<LeaderView>>,
 }
 
 /// Follows the leader until `cancel`; returns only on cancellation or a fatal error.
@@ -164,6 +165,7 @@ impl FollowerLink {
         let StreamStart::From(from) = accepted.start else { return Err(FollowError::SeedUnavailable) };
         reader.set_max_frame_bytes(MAX_FRAME_BYTES);
         info!(leader = %accepted.leader_node, term = %accepted.term, from = %from, "following");
+        self.leader.send_replace(Some(LeaderView { node: accepted.leader_node.clone(), status: None }));
         backoff.reset();
         self.stream(&mut reader, &mut writer, session, from).await
     }
@@ -248,7 +250,11 @@ impl FollowerLink {
                 Ok(())
             }
             Message::LeaderStatus(status) => {
-                self.leader.send_replace(Some(status));
+                self.leader.send_modify(|view| {
+                    if let Some(view) = view {
+                        view.status = Some(status);
+                    }
+                });
                 Ok(())
             }
             Message::Error { message } => Err(FollowError::Peer(message)),

@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::error::ErrorClass;
 use crate::log::committer::{self, Durable, WriteCmd, Writer};
 use crate::log::entry::EntryError;
+use crate::log::marks::EntryMarks;
 use crate::log::{Log, LogError};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::node::{NodeState, StateError};
@@ -91,12 +92,13 @@ impl SourceError {
 }
 
 /// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`,
-/// publishing what is durable on `durable_tx`.
+/// publishing what is durable on `durable_tx` and marking durable entries in `marks`.
 pub async fn run_leader(
     config: Arc<Config>,
     mut state: NodeState,
     log: Arc<Mutex<Log>>,
     durable_tx: watch::Sender<Durable>,
+    marks: EntryMarks,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let term = state.term();
@@ -124,7 +126,8 @@ pub async fn run_leader(
         let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
         let durable_rx = durable_tx.subscribe();
-        let writer_thread = Writer::spawn(log, durable, rx, sink.clone(), durable_tx).map_err(SourceError::Thread)?;
+        let writer_thread =
+            Writer::spawn(log, durable, rx, sink.clone(), durable_tx, marks).map_err(SourceError::Thread)?;
         let heartbeat = tokio::spawn(heartbeat::run(
             config.postgres.clone(),
             config.node.clone(),

@@ -1,0 +1,82 @@
+//! What the admin API shows of a node. The sidecar makes the channels; each role fills in its
+//! part (the leader its followers' progress, a follower what it applied and what its leader
+//! said), and readers compute lag from them when asked.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::config::Role;
+use crate::log::committer::Durable;
+use crate::log::marks::EntryMarks;
+use crate::log::Log;
+use crate::lsn::Term;
+use crate::relay::client::Applied;
+use crate::relay::progress::Followers;
+use crate::relay::LeaderStatus;
+
+/// A follower's view of its leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderView {
+    pub node: String,
+    /// The leader's last status message, once one arrived.
+    pub status: Option<LeaderStatus>,
+}
+
+/// The writing ends, handed to the role tasks.
+pub struct RoleChannels {
+    pub durable: watch::Sender<Durable>,
+    pub marks: EntryMarks,
+    pub followers: Followers,
+    pub applied: watch::Sender<Applied>,
+    pub leader: watch::Sender<Option<LeaderView>>,
+}
+
+/// The reading ends, for the admin API.
+#[derive(Clone)]
+pub struct NodeView {
+    pub node: String,
+    pub cluster: String,
+    pub role: Role,
+    pub term: Term,
+    pub peers: Vec<String>,
+    pub log: Arc<Mutex<Log>>,
+    pub durable: watch::Receiver<Durable>,
+    pub marks: EntryMarks,
+    pub followers: Followers,
+    pub applied: watch::Receiver<Applied>,
+    pub leader: watch::Receiver<Option<LeaderView>>,
+}
+
+impl NodeView {
+    /// Channels for a node; the view reads what the roles write into `RoleChannels`.
+    pub fn new(
+        node: &str,
+        cluster: &str,
+        role: Role,
+        term: Term,
+        peers: Vec<String>,
+        log: Arc<Mutex<Log>>,
+    ) -> (NodeView, RoleChannels) {
+        let (durable_tx, durable) = watch::channel(Durable::default());
+        let (applied_tx, applied) = watch::channel(Applied::default());
+        let (leader_tx, leader) = watch::channel(None);
+        let marks = EntryMarks::default();
+        let followers = Followers::default();
+        let view = NodeView {
+            node: node.to_owned(),
+            cluster: cluster.to_owned(),
+            role,
+            term,
+            peers,
+            log,
+            durable,
+            marks: marks.clone(),
+            followers: followers.clone(),
+            applied,
+            leader,
+        };
+        let channels = RoleChannels { durable: durable_tx, marks, followers, applied: applied_tx, leader: leader_tx };
+        (view, channels)
+    }
+}
