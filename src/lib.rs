@@ -7,6 +7,7 @@ pub mod admin;
 pub mod apply;
 pub mod backoff;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod follower;
 pub mod fsutil;

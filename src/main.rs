@@ -39,6 +39,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start a local three-node cluster (from this machine's PostgreSQL binaries) in a
+    /// temporary folder, put a write load on its leader and show live lag; Ctrl-C stops it.
+    Demo {
+        /// Keep the folder (databases, sidecar logs and configurations) on exit.
+        #[arg(long)]
+        keep: bool,
+        /// Row changes per second the load writes on the leader (0: no load).
+        #[arg(long, value_name = "N", default_value_t = walship::demo::DEFAULT_ROWS_PER_SECOND)]
+        rows_per_second: u32,
+        /// Stop on its own after SECONDS of load.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+    },
     /// Print the log's committed transactions.
     Inspect {
         data_dir: PathBuf,
@@ -53,10 +66,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo prints its own table: only warnings and errors of its own tracing show.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    init_tracing(cli.log_format, default_filter);
     match cli.command {
         Command::Run { config } => run(config),
         Command::Status { admin, json } => status(&admin, json),
+        Command::Demo { keep, rows_per_second, duration } => {
+            let duration = duration.map(std::time::Duration::from_secs);
+            walship::demo::run(walship::demo::Options { keep, rows_per_second, duration })
+        }
         Command::Inspect { data_dir, json, all } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -155,8 +174,8 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("WALSHIP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_env("WALSHIP_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
