@@ -17,6 +17,7 @@ pub mod log;
 pub mod lsn;
 pub mod node;
 pub mod relay;
+pub mod seed;
 pub mod sidecar;
 pub mod source;
 pub mod sql;

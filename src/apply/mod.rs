@@ -63,7 +63,7 @@ pub use progress::AppliedPosition;
 pub use table::MAX_SHAPES_PER_TABLE;
 
 /// Settings of the apply session, in the order they are set.
-const SESSION_SETUP: &str = "SET session_replication_role = replica; \
+pub(crate) const SESSION_SETUP: &str = "SET session_replication_role = replica; \
      SET default_transaction_read_only = off; \
      SET default_transaction_isolation = 'read committed'; \
      SET search_path = ''; \
@@ -272,6 +272,23 @@ impl Applier {
         }
         error
     }
+}
+
+/// Runs walship's pending migrations, as [`Applier::connect`] does; for the snapshot loader
+/// (`crate::seed`), which prepares an empty database before the first applier connects.
+pub(crate) async fn run_migrations(client: &mut Client) -> Result<(), ApplyError> {
+    migrate::run(client).await.map(drop)
+}
+
+/// Records `position` as applied in the caller's open transaction, as [`Applier::commit`]
+/// does, only when `walship.progress` is still empty; returns whether it was recorded. For the
+/// snapshot loader (`crate::seed`): the seed's position, committed with the seeded data.
+pub(crate) async fn record_first_position(client: &Client, position: &AppliedPosition) -> Result<bool, ApplyError> {
+    let params = progress::upsert_params(position, None);
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let rows = client.execute(progress::UPSERT, &params).await.map_err(pg("record the seed position"))?;
+    Ok(rows == 1)
 }
 
 #[cfg(test)]
