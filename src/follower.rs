@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::ErrorClass;
 use crate::log::committer::{Durable, Writer, WRITE_QUEUE_BATCHES};
 use crate::log::{Log, LogError, RecordKind};
-use crate::lsn::Index;
+use crate::lsn::{EntryId, Index};
 use crate::node::{NodeState, RoleChannels};
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
 use crate::source::stream::SharedSink;
@@ -45,6 +45,8 @@ pub enum FollowerError {
     LogEnd(#[from] crate::log::committer::UnreadableEnd),
     #[error("the log writer stopped")]
     WriterGone,
+    #[error("sql: {0}")]
+    Sql(#[from] tokio_postgres::Error),
     #[error("the database has applied entry {applied} but this node's log starts at {first}: re-seed this node")]
     Gap { applied: Index, first: Index },
 }
@@ -58,6 +60,7 @@ impl FollowerError {
                 ErrorClass::Fatal
             }
             FollowerError::Gap { .. } => ErrorClass::Operator,
+            FollowerError::Sql(e) => e.code().map_or(ErrorClass::Retry, |c| ErrorClass::of_sqlstate(c.code())),
         }
     }
 }
@@ -77,6 +80,11 @@ pub async fn run(
             let log = log.lock().map_err(|_| LogError::Failed)?;
             Durable::of_log(&log)?
         };
+        let Some(database) = database_state_with_retries(&config.postgres, &cancel).await? else { return Ok(()) };
+        let seed = start.last.is_none() && database.applied.is_none() && !database.has_user_tables;
+        if seed {
+            info!("the database is empty: asking the leader for a snapshot");
+        }
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
         let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, .. } = channels;
         let durable_rx = durable_tx.subscribe();
@@ -95,6 +103,9 @@ pub async fn run(
             durable: durable_rx,
             applied: applied_rx,
             leader,
+            seed,
+            floor: database.applied,
+            postgres: config.postgres.clone(),
         };
         let followed = client::follow(link, stop.clone()).await;
         stop.cancel();
@@ -159,14 +170,17 @@ async fn replay(
 ) -> Result<(), FollowerError> {
     let mut applier = Applier::connect(pg).await?;
     applier.set_read_only(true).await?;
-    let position = applier.applied().await?;
-    if let Some(p) = position {
-        applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
-    }
-    let reader = loop {
+    // Until the log reaches the database's position the relay is still bringing it (or a
+    // snapshot is being loaded, which moves the position): read both again while waiting.
+    let (position, reader) = loop {
+        let position = applier.applied().await?;
+        if let Some(p) = position {
+            applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
+        }
         match open_reader(log, position.map(|p| p.id.index))? {
-            Some(reader) => break reader,
-            // The log has not reached the database yet: the relay is bringing it.
+            // A snapshot committed meanwhile moves the position: open again.
+            Some(reader) if applier.applied().await? == position => break (position, reader),
+            Some(_) => {}
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
@@ -214,5 +228,47 @@ fn open_reader(log: &Arc<Mutex<Log>>, applied: Option<Index>) -> Result<Option<c
     match log.last_written() {
         Some(last) if from <= last.index.next() => Ok(Some(log.reader(from)?)),
         _ => Ok(None),
+    }
+}
+
+/// What the local database already holds.
+struct DatabaseState {
+    /// The last entry applied (or the position of a loaded snapshot).
+    applied: Option<EntryId>,
+    /// Tables outside walship's own schema: someone created the schema by hand.
+    has_user_tables: bool,
+}
+
+const USER_TABLES: &str = "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'walship') \
+     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%')";
+
+async fn database_state(pg: &tokio_postgres::Config) -> Result<DatabaseState, FollowerError> {
+    let mut applier = Applier::connect(pg).await?;
+    let applied = applier.applied().await?.map(|p| p.id);
+    let client = crate::sql::connect(pg).await?;
+    let has_user_tables = client.query_one(USER_TABLES, &[]).await?.get(0);
+    Ok(DatabaseState { applied, has_user_tables })
+}
+
+/// The database's state, retried while PostgreSQL is unreachable; `None` when cancelled.
+async fn database_state_with_retries(
+    pg: &tokio_postgres::Config,
+    cancel: &CancellationToken,
+) -> Result<Option<DatabaseState>, FollowerError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match database_state(pg).await {
+            Ok(state) => return Ok(Some(state)),
+            Err(e) if e.class() == ErrorClass::Fatal => return Err(e),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read this node's database");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
     }
 }

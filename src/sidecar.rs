@@ -136,6 +136,8 @@ async fn start_relay(
         log: view.log.clone(),
         followers: channels.followers.clone(),
         durable: view.durable.clone(),
+        postgres: config.postgres.clone(),
+        publication: config.source.publication.clone(),
     });
     tasks.spawn(relay::server::serve(listener, server, shutdown.child_token()));
     let cap = config.log.retain_max_bytes;

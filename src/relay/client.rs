@@ -27,6 +27,7 @@ use crate::relay::{
     Ack, FollowerHandshake, FrameError, FrameReader, FrameWriter, HandshakeError, Message, StreamStart,
     HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
+use crate::seed::{Load, SeedError};
 use crate::source::builder::Output;
 
 /// How long a peer may take to accept a connection and send its challenge.
@@ -54,8 +55,8 @@ pub enum FollowError {
     BadEntry(EntryId),
     #[error("leader reported an error: {0}")]
     Peer(String),
-    #[error("this node's database is empty; seeding from a snapshot is not available in this version")]
-    SeedUnavailable,
+    #[error("seeding: {0}")]
+    Seed(#[from] SeedError),
     #[error("the log writer stopped")]
     WriterGone,
 }
@@ -68,10 +69,10 @@ impl FollowError {
             }
             FollowError::Frame(e) => e.class(),
             FollowError::Handshake(e) => e.class(),
-            FollowError::Unexpected(_)
-            | FollowError::OutOfOrder { .. }
-            | FollowError::BadEntry(_)
-            | FollowError::SeedUnavailable => ErrorClass::Operator,
+            FollowError::Unexpected(_) | FollowError::OutOfOrder { .. } | FollowError::BadEntry(_) => {
+                ErrorClass::Operator
+            }
+            FollowError::Seed(e) => e.class(),
             FollowError::WriterGone => ErrorClass::Fatal,
         }
     }
@@ -97,6 +98,13 @@ pub struct FollowerLink {
     pub applied: watch::Receiver<Applied>,
     /// Who leads and its last status, for lag.
     pub leader: watch::Sender<Option<LeaderView>>,
+    /// Ask the leader for a snapshot first (this node's database is empty).
+    pub seed: bool,
+    /// The last entry this node holds when its log has none: the position of a snapshot
+    /// already loaded into its database.
+    pub floor: Option<EntryId>,
+    /// This node's PostgreSQL, where a snapshot is loaded.
+    pub postgres: tokio_postgres::Config,
 }
 
 /// Follows the leader until `cancel`; returns only on cancellation or a fatal error.
@@ -151,8 +159,11 @@ impl FollowerLink {
         let mut reader = FrameReader::new(r);
         reader.set_max_frame_bytes(HANDSHAKE_MAX_FRAME_BYTES);
         let mut writer = FrameWriter::new(w);
-        let flushed = self.durable.borrow().last;
+        let flushed = self.durable.borrow().last.or(self.floor);
         let mut handshake = FollowerHandshake::new(&self.cluster, &self.node, self.term, flushed, &self.token)?;
+        if self.seed {
+            handshake = handshake.request_seed();
+        }
         let challenge = match reader.next().await? {
             Some(Message::Challenge(c)) => c,
             Some(other) => return Err(FollowError::Unexpected(other.name())),
@@ -162,8 +173,15 @@ impl FollowerLink {
         writer.send(&Message::Hello(hello)).await?;
         let reply = reader.next().await?.ok_or(FollowError::Closed)?;
         let accepted = handshake.on_reply(reply)?;
-        let StreamStart::From(from) = accepted.start else { return Err(FollowError::SeedUnavailable) };
         reader.set_max_frame_bytes(MAX_FRAME_BYTES);
+        let from = match accepted.start {
+            StreamStart::From(from) => from,
+            StreamStart::Seed => {
+                writer.send(&Message::SeedRequest).await?;
+                let position = self.load_seed(&mut reader, accepted.term).await?;
+                position.map_or(Index(1), Index::next)
+            }
+        };
         info!(leader = %accepted.leader_node, term = %accepted.term, from = %from, "following");
         self.leader.send_replace(Some(LeaderView { node: accepted.leader_node.clone(), status: None }));
         backoff.reset();
@@ -215,6 +233,38 @@ impl FollowerLink {
                 }
             }
         }
+    }
+
+    /// Loads the leader's snapshot into this node's empty database, in one transaction that
+    /// also records the snapshot's position; returns that position.
+    async fn load_seed<R>(&mut self, reader: &mut FrameReader<R>, term: Term) -> Result<Option<Index>, FollowError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let (position, snapshot_lsn) = match reader.next().await? {
+            Some(Message::SeedBegin { position, snapshot_lsn }) => (position, snapshot_lsn),
+            Some(Message::Error { message }) => return Err(FollowError::Peer(message)),
+            Some(other) => return Err(FollowError::Unexpected(other.name())),
+            None => return Err(FollowError::Closed),
+        };
+        info!(position = ?position, snapshot_lsn = %snapshot_lsn, "loading a snapshot from the leader");
+        let mut load = Load::begin(&self.postgres, term, position, snapshot_lsn).await?;
+        loop {
+            match reader.next().await? {
+                Some(end @ Message::SeedEnd { .. }) => {
+                    load.take(end).await?;
+                    break;
+                }
+                Some(Message::Error { message }) => return Err(FollowError::Peer(message)),
+                Some(message) => load.take(message).await?,
+                None => return Err(FollowError::Closed),
+            }
+        }
+        let p = load.finish().await?;
+        info!(tables = p.tables_done, rows = p.rows, bytes = p.bytes, "snapshot loaded");
+        self.seed = false;
+        self.floor = position.map(|index| EntryId { term, index });
+        Ok(position)
     }
 
     fn ack(&self, received: Option<EntryId>) -> Ack {

@@ -18,19 +18,24 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::error::ErrorClass;
 use crate::log::committer::Durable;
-use crate::log::{Log, LogError, Record};
-use crate::lsn::{EntryId, Term};
+use crate::log::entry::EntryHeader;
+use crate::log::{Log, LogError, Record, RecordKind};
+use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::relay::progress::Followers;
 use crate::relay::{
     FrameError, FrameReader, FrameWriter, HandshakeError, LeaderHandshake, LeaderStatus, LogRange, Message,
     StreamStart, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
+use crate::seed::{Export, SeedError};
 use crate::source::conn::unix_micros_now;
 
 /// Records read ahead of the socket per follower.
 pub const RELAY_QUEUE_RECORDS: usize = 64;
 /// How often an idle stream carries a [`LeaderStatus`].
 pub const LEADER_STATUS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a snapshot may wait for the log to reach its position (heartbeats move it every
+/// second on an idle database).
+pub const SEED_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a follower may take to answer the challenge.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,8 +55,10 @@ pub enum ServeError {
     Diverged { flushed: EntryId, reason: String },
     #[error("follower reported an error: {0}")]
     Peer(String),
-    #[error("seeding a follower from a snapshot is not available in this version")]
-    SeedUnavailable,
+    #[error("seeding: {0}")]
+    Seed(#[from] SeedError),
+    #[error("the log did not reach the snapshot's position {lsn} in time")]
+    SeedBehind { lsn: Lsn },
     #[error("the log tail thread stopped")]
     TailGone,
 }
@@ -63,10 +70,12 @@ impl ServeError {
             ServeError::Handshake(e) => e.class(),
             ServeError::Log(LogError::Compacted { .. }) => ErrorClass::Operator,
             ServeError::Log(_) => ErrorClass::Fatal,
-            ServeError::HandshakeTimeout | ServeError::Peer(_) | ServeError::TailGone => ErrorClass::Retry,
-            ServeError::Unexpected(_) | ServeError::Diverged { .. } | ServeError::SeedUnavailable => {
-                ErrorClass::Operator
-            }
+            ServeError::Seed(e) => e.class(),
+            ServeError::HandshakeTimeout
+            | ServeError::Peer(_)
+            | ServeError::TailGone
+            | ServeError::SeedBehind { .. } => ErrorClass::Retry,
+            ServeError::Unexpected(_) | ServeError::Diverged { .. } => ErrorClass::Operator,
         }
     }
 }
@@ -81,6 +90,9 @@ pub struct RelayServer {
     pub followers: Followers,
     /// The last durable entry and the leader WAL position just past it, for [`LeaderStatus`].
     pub durable: watch::Receiver<Durable>,
+    /// The leader's PostgreSQL and publication, to export snapshots for new followers.
+    pub postgres: tokio_postgres::Config,
+    pub publication: String,
 }
 
 /// Accepts followers until `cancel`; every connection's task is awaited before returning.
@@ -153,15 +165,75 @@ impl RelayServer {
         }
         writer.send(&Message::Welcome(accepted.welcome.clone())).await?;
         reader.set_max_frame_bytes(MAX_FRAME_BYTES);
-        let StreamStart::From(from) = accepted.start else {
-            let _ = writer.send(&Message::Error { message: ServeError::SeedUnavailable.to_string() }).await;
-            return Err(ServeError::SeedUnavailable);
+        self.followers.connected(&accepted.follower, accepted.flushed);
+        let from = match accepted.start {
+            StreamStart::From(from) => from,
+            StreamStart::Seed => match self.seed(&mut reader, &mut writer, &accepted.follower).await {
+                Ok(from) => from,
+                Err(e) => {
+                    let _ = writer.send(&Message::Error { message: e.to_string() }).await;
+                    self.followers.disconnected(&accepted.follower);
+                    return Err(e);
+                }
+            },
         };
         info!(follower = %accepted.follower, from = %from, "follower connected");
-        self.followers.connected(&accepted.follower, accepted.flushed);
         let result = self.stream(&mut reader, &mut writer, &accepted.follower, from, cancel).await;
         self.followers.disconnected(&accepted.follower);
         result
+    }
+
+    /// Sends a new follower a snapshot and returns where its stream continues: the entry
+    /// after the last one whose effects the snapshot holds.
+    async fn seed<R, W>(
+        &self,
+        reader: &mut FrameReader<R>,
+        writer: &mut FrameWriter<W>,
+        follower: &str,
+    ) -> Result<Index, ServeError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+            Ok(Ok(Some(Message::SeedRequest))) => {}
+            Ok(Ok(Some(other))) => return Err(ServeError::Unexpected(other.name())),
+            Ok(Ok(None)) | Err(_) => return Err(ServeError::HandshakeTimeout),
+            Ok(Err(e)) => return Err(e.into()),
+        }
+        let mut export = Export::begin(&self.postgres, &self.publication).await?;
+        let snapshot_lsn = export.snapshot_lsn();
+        self.wait_durable(snapshot_lsn).await?;
+        let position = {
+            let log = self.log.lock().map_err(|_| LogError::Failed)?;
+            position_before(&log, snapshot_lsn)?
+        };
+        info!(%follower, position = ?position, snapshot_lsn = %snapshot_lsn, "seeding a follower from a snapshot");
+        writer.send(&Message::SeedBegin { position, snapshot_lsn }).await?;
+        while let Some(message) = export.next().await? {
+            writer.queue(&message)?;
+            if writer.queued_bytes() >= (1 << 20) {
+                writer.flush().await?;
+            }
+        }
+        writer.flush().await?;
+        let p = export.progress();
+        info!(%follower, tables = p.tables_done, rows = p.rows, bytes = p.bytes, "snapshot sent");
+        Ok(position.map_or(Index(1), Index::next))
+    }
+
+    /// Waits until the log holds every transaction that committed before `lsn`.
+    async fn wait_durable(&self, lsn: Lsn) -> Result<(), ServeError> {
+        let mut durable = self.durable.clone();
+        let deadline = tokio::time::Instant::now() + SEED_CATCH_UP_TIMEOUT;
+        while durable.borrow_and_update().end_lsn < lsn {
+            match tokio::time::timeout_at(deadline, durable.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServeError::TailGone),
+                Err(_) => return Err(ServeError::SeedBehind { lsn }),
+            }
+        }
+        Ok(())
     }
 
     /// The follower's last entry must be in this log with the same term.
@@ -189,7 +261,7 @@ impl RelayServer {
         reader: &mut FrameReader<R>,
         writer: &mut FrameWriter<W>,
         follower: &str,
-        from: crate::lsn::Index,
+        from: Index,
         cancel: CancellationToken,
     ) -> Result<(), ServeError>
     where
@@ -256,4 +328,39 @@ impl RelayServer {
         let durable_end_lsn = self.durable.borrow().end_lsn;
         Ok(LeaderStatus { last_index, durable_end_lsn, time_us: unix_micros_now() })
     }
+}
+
+/// The last entry of `log` whose commit record ends at or before `lsn` (so its effects are in a
+/// snapshot taken at `lsn`). Entries are in commit order, so a binary search over indexes finds
+/// it. `None` when no entry of the log qualifies and none came before it.
+fn position_before(log: &Log, lsn: Lsn) -> Result<Option<Index>, ServeError> {
+    let (Some(first), Some(last)) = (log.first_index(), log.last_flushed()) else { return Ok(None) };
+    let before_first = (first.0 > 1).then(|| Index(first.0 - 1));
+    if entry_end(log, first)? > lsn {
+        return Ok(before_first);
+    }
+    let (mut lo, mut hi) = (first.0, last.index.0);
+    // Invariant: entry lo ends at or before lsn; entries after hi end after it.
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if entry_end(log, Index(mid))? <= lsn {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(Some(Index(lo)))
+}
+
+/// The `end_lsn` in the header of entry `index`.
+fn entry_end(log: &Log, index: Index) -> Result<Lsn, ServeError> {
+    let mut reader = log.reader(index)?;
+    while let Some(record) = reader.next()? {
+        if matches!(record.kind, RecordKind::Entry) {
+            let header = EntryHeader::decode(&record.payload)
+                .map_err(|e| ServeError::Diverged { flushed: record.id, reason: e.to_string() })?;
+            return Ok(header.end_lsn);
+        }
+    }
+    Err(ServeError::Log(LogError::BeyondEnd { requested: index, next: index }))
 }
