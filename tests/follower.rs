@@ -240,3 +240,68 @@ fn every_type_family_arrives_identical_through_the_whole_pipeline() {
     b.assert_no_errors();
     leader.assert_no_errors();
 }
+
+fn pgbench_tables() -> &'static [&'static str] {
+    &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+}
+
+#[test]
+fn followers_seeded_from_empty_databases_replicate_pgbench_through_faults() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let b_pg = Instance::start(Options::default()).unwrap();
+    let mut c_pg = Instance::start(Options::default()).unwrap();
+    let d_pg = Instance::start(Options::default()).unwrap();
+    // Rows from before the leader sidecar existed reach followers only through the snapshot.
+    let init = leader_pg.command("pgbench").args(["-i", "-s", "2", "-q", "postgres"]).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader =
+        Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, "[source]\nheartbeat_interval = \"200ms\"\n");
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &b_pg, &[&leader], "");
+    let mut c = Sidecar::follower(&dir.path().join("c"), "c", &c_pg, &[&leader], "");
+    let mut d = Sidecar::follower(&dir.path().join("d"), "d", &d_pg, &[&leader], "");
+    for peer in [&b, &c, &d] {
+        leader.add_peer(peer);
+    }
+    leader.start();
+    wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(&leader_pg) > Lsn::ZERO);
+    b.start();
+    c.start();
+
+    let bench = leader_pg
+        .command("pgbench")
+        .args(["-c", "4", "-T", "25", "postgres"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    b.kill(); // a follower sidecar crashes mid-load
+    std::thread::sleep(Duration::from_secs(1));
+    b.start();
+    std::thread::sleep(Duration::from_secs(3));
+    c_pg.stop(StopMode::Immediate).unwrap(); // another follower's database crashes
+    std::thread::sleep(Duration::from_secs(1));
+    c_pg.start_again().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    d.start(); // a third follower joins from an empty database while the leader takes writes
+    let bench = bench.wait_with_output().unwrap();
+    assert!(bench.status.success(), "pgbench: {}", String::from_utf8_lossy(&bench.stderr));
+
+    let rows = |pg: &Instance| table_rows(pg, pgbench_tables());
+    wait_until(Duration::from_secs(120), "all three followers to equal the leader", || {
+        let leader_rows = rows(&leader_pg);
+        leader_rows == rows(&b_pg) && leader_rows == rows(&c_pg) && leader_rows == rows(&d_pg)
+    });
+    let history: i64 = d_pg.psql("postgres", "SELECT count(*) FROM pgbench_history").unwrap().trim().parse().unwrap();
+    assert!(history > 100, "pgbench committed only {history} transactions");
+    assert!(d.log_text().contains("snapshot loaded"), "{}", d.log_tail());
+    let refused = b_pg.psql("postgres", "INSERT INTO pgbench_branches VALUES (100, 0, 'client write')");
+    assert!(format!("{refused:?}").contains("read-only"), "a client write on a follower: {refused:?}");
+
+    for sidecar in [&mut b, &mut c, &mut d, &mut leader] {
+        sidecar.stop();
+        sidecar.assert_no_errors();
+    }
+}

@@ -1,7 +1,7 @@
 //! Prometheus metrics: names (all `walship_`, units in the name, counters end in `_total`),
 //! the recorder, and the gauges computed from the node's state at every scrape.
 
-use metrics::gauge;
+use metrics::{describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Role;
@@ -26,9 +26,33 @@ pub const LOG_LAST_INDEX: &str = "walship_log_last_index";
 pub const LOG_SIZE_BYTES: &str = "walship_log_size_bytes";
 pub const APPLIED_INDEX: &str = "walship_applied_index";
 
-/// Installs the process-wide recorder.
+/// Installs the process-wide recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new().install_recorder().map_err(|e| e.to_string())
+    let handle = PrometheusBuilder::new().install_recorder().map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use crate::log::committer::{LOG_BYTES_APPENDED_TOTAL, LOG_ENTRIES_APPENDED_TOTAL};
+    let lag = "how far a follower is behind the leader's durable log";
+    describe_gauge!(REPLICATION_LAG_BYTES, Unit::Bytes, format!("{lag}, in leader WAL bytes, applied stage"));
+    describe_gauge!(
+        REPLICATION_LAG_SECONDS,
+        Unit::Seconds,
+        format!("{lag}: age of the oldest entry it has not applied")
+    );
+    describe_gauge!(FOLLOWER_LAG_BYTES, Unit::Bytes, format!("{lag}, in leader WAL bytes, by stage"));
+    describe_gauge!(FOLLOWER_LAG_SECONDS, Unit::Seconds, format!("{lag}, in seconds, by stage"));
+    describe_gauge!(FOLLOWER_CONNECTED, "1 while the follower is connected to this leader");
+    describe_gauge!(TERM, "the node's leadership term");
+    describe_gauge!(IS_LEADER, "1 on the leader, 0 elsewhere");
+    describe_gauge!(LOG_FIRST_INDEX, "the oldest entry the log retains");
+    describe_gauge!(LOG_LAST_INDEX, "the newest entry in the log");
+    describe_gauge!(LOG_SIZE_BYTES, Unit::Bytes, "the log's size on disk");
+    describe_gauge!(APPLIED_INDEX, "the last entry this follower applied to its PostgreSQL");
+    describe_counter!(LOG_ENTRIES_APPENDED_TOTAL, "entries made durable in the log");
+    describe_counter!(LOG_BYTES_APPENDED_TOTAL, Unit::Bytes, "payload bytes made durable in the log");
 }
 
 /// Sets the gauges from the node's state and renders everything.

@@ -130,8 +130,10 @@ impl Cluster {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The sample schema, on the leader only: followers start from empty databases and are
+    /// seeded from a snapshot by their leader.
     pub(super) async fn create_schema(&self) -> Result<(), DemoError> {
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|node| node.is_leader()) {
             load::create_schema(&node.conninfo()).await.map_err(|source| DemoError::Sql { node: node.name, source })?;
         }
         Ok(())
