@@ -28,6 +28,8 @@ use crate::source::stream::SharedSink;
 
 /// Leader transactions grouped into one follower transaction at most, while catching up.
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
+/// Entries replayed into this node's PostgreSQL (Prometheus counter).
+pub const REPLAY_ENTRIES_APPLIED_TOTAL: &str = "walship_replay_entries_applied_total";
 /// Records read ahead of replay.
 pub const REPLAY_QUEUE_RECORDS: usize = 256;
 
@@ -82,6 +84,9 @@ pub async fn run(
         };
         let Some(database) = database_state_with_retries(&config.postgres, &cancel).await? else { return Ok(()) };
         let seed = start.last.is_none() && database.applied.is_none() && !database.has_user_tables;
+        for gauge in [client::SEED_TABLES_DONE, client::SEED_ROWS, client::SEED_BYTES] {
+            metrics::gauge!(gauge).set(0.0);
+        }
         if seed {
             info!("the database is empty: asking the leader for a snapshot");
         }
@@ -199,6 +204,7 @@ async fn replay(
         }
         if matches!(record.kind, RecordKind::Entry) {
             pending += 1;
+            metrics::counter!(REPLAY_ENTRIES_APPLIED_TOTAL).increment(1);
             if pending >= REPLAY_GROUP_ENTRIES || records.is_empty() {
                 match applier.commit().await {
                     Ok(Some(p)) => {

@@ -90,3 +90,58 @@ fn lag_is_measured_from_heartbeats_on_an_idle_leader() {
     leader.assert_no_errors();
     b.assert_no_errors();
 }
+
+#[test]
+fn lag_series_are_positive_under_load_while_a_follower_is_stopped() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    leader_pg.psql("postgres", SCHEMA).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, "");
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    leader.add_peer(&b);
+    leader.start();
+    wait_until(Duration::from_secs(30), "the leader's first entries", || {
+        metric(leader.admin_port, "walship_log_last_index", "").is_some_and(|i| i > 0.0)
+    });
+    b.start(); // seeds itself: its database is empty
+    let follower = "follower=\"b\"";
+    wait_until(Duration::from_secs(30), "the follower to connect", || {
+        metric(leader.admin_port, "walship_follower_connected", follower) == Some(1.0)
+    });
+    signal(b.pid(), "STOP");
+    for i in 0..50 {
+        leader_pg
+            .psql(
+                "postgres",
+                &format!("INSERT INTO t SELECT g, 'load' FROM generate_series({i} * 100, {i} * 100 + 99) g"),
+            )
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for stage in ["received", "flushed", "applied"] {
+        let labels = format!("stage=\"{stage}\"");
+        let bytes = metric(leader.admin_port, "walship_follower_lag_bytes", &labels).unwrap();
+        let seconds = metric(leader.admin_port, "walship_follower_lag_seconds", &labels).unwrap();
+        assert!(bytes > 0.0 && seconds > 0.0, "{stage}: {bytes} bytes, {seconds} s while stopped under load");
+    }
+    assert!(metric(leader.admin_port, "walship_replication_lag_bytes", follower).unwrap() > 0.0);
+    signal(b.pid(), "CONT");
+    wait_until(Duration::from_secs(30), "the follower to catch up", || {
+        metric(leader.admin_port, "walship_replication_lag_bytes", follower) == Some(0.0)
+    });
+    let (_, body) = http_get(leader.admin_port, "/metrics").unwrap();
+    for name in
+        ["walship_relay_entries_sent_total", "walship_relay_bytes_sent_total", "walship_slot_retained_wal_bytes"]
+    {
+        assert!(body.contains(name), "{name} missing");
+    }
+    let (_, body) = http_get(b.admin_port, "/metrics").unwrap();
+    for name in ["walship_replay_entries_applied_total", "walship_applied_index", "walship_seed_rows"] {
+        assert!(body.contains(name), "{name} missing on the follower");
+    }
+    b.stop();
+    leader.stop();
+    leader.assert_no_errors();
+    b.assert_no_errors();
+}

@@ -34,7 +34,11 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    use crate::follower::REPLAY_ENTRIES_APPLIED_TOTAL;
     use crate::log::committer::{LOG_BYTES_APPENDED_TOTAL, LOG_ENTRIES_APPENDED_TOTAL};
+    use crate::relay::client::{SEED_BYTES, SEED_ROWS, SEED_TABLES_DONE};
+    use crate::relay::server::{RELAY_BYTES_SENT_TOTAL, RELAY_ENTRIES_SENT_TOTAL};
+    use crate::source::heartbeat::SLOT_RETAINED_WAL_BYTES;
     let lag = "how far a follower is behind the leader's durable log";
     describe_gauge!(REPLICATION_LAG_BYTES, Unit::Bytes, format!("{lag}, in leader WAL bytes, applied stage"));
     describe_gauge!(
@@ -53,6 +57,13 @@ fn describe() {
     describe_gauge!(APPLIED_INDEX, "the last entry this follower applied to its PostgreSQL");
     describe_counter!(LOG_ENTRIES_APPENDED_TOTAL, "entries made durable in the log");
     describe_counter!(LOG_BYTES_APPENDED_TOTAL, Unit::Bytes, "payload bytes made durable in the log");
+    describe_counter!(RELAY_ENTRIES_SENT_TOTAL, "entries sent to each follower");
+    describe_counter!(RELAY_BYTES_SENT_TOTAL, Unit::Bytes, "payload bytes sent to each follower");
+    describe_counter!(REPLAY_ENTRIES_APPLIED_TOTAL, "entries replayed into this node's PostgreSQL");
+    describe_gauge!(SLOT_RETAINED_WAL_BYTES, Unit::Bytes, "WAL the leader's replication slot holds back");
+    describe_gauge!(SEED_TABLES_DONE, "tables of the snapshot loaded so far");
+    describe_gauge!(SEED_ROWS, "rows of the snapshot loaded so far");
+    describe_gauge!(SEED_BYTES, Unit::Bytes, "bytes of the snapshot loaded so far");
 }
 
 /// Sets the gauges from the node's state and renders everything.

@@ -30,6 +30,10 @@ use crate::relay::{
 use crate::seed::{Load, SeedError};
 use crate::source::builder::Output;
 
+/// Progress of loading a snapshot (Prometheus gauges).
+pub const SEED_TABLES_DONE: &str = "walship_seed_tables_done";
+pub const SEED_ROWS: &str = "walship_seed_rows";
+pub const SEED_BYTES: &str = "walship_seed_bytes";
 /// How long a peer may take to accept a connection and send its challenge.
 pub const PEER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records gathered from the socket before they go to the writer.
@@ -259,6 +263,10 @@ impl FollowerLink {
                 Some(message) => load.take(message).await?,
                 None => return Err(FollowError::Closed),
             }
+            let p = load.progress();
+            metrics::gauge!(SEED_TABLES_DONE).set(f64::from(p.tables_done));
+            metrics::gauge!(SEED_ROWS).set(p.rows as f64);
+            metrics::gauge!(SEED_BYTES).set(p.bytes as f64);
         }
         let p = load.finish().await?;
         info!(tables = p.tables_done, rows = p.rows, bytes = p.bytes, "snapshot loaded");

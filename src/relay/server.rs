@@ -29,6 +29,9 @@ use crate::relay::{
 use crate::seed::{Export, SeedError};
 use crate::source::conn::unix_micros_now;
 
+/// Entries and payload bytes sent to each follower (Prometheus counters, label `follower`).
+pub const RELAY_ENTRIES_SENT_TOTAL: &str = "walship_relay_entries_sent_total";
+pub const RELAY_BYTES_SENT_TOTAL: &str = "walship_relay_bytes_sent_total";
 /// Records read ahead of the socket per follower.
 pub const RELAY_QUEUE_RECORDS: usize = 64;
 /// How often an idle stream carries a [`LeaderStatus`].
@@ -276,7 +279,7 @@ impl RelayServer {
                 _ = cancel.cancelled() => break Ok(()),
                 record = rx.recv() => match record {
                     Some(Ok(record)) => {
-                        if let Err(e) = self.send_records(writer, record, &mut rx).await {
+                        if let Err(e) = self.send_records(writer, follower, record, &mut rx).await {
                             break Err(e);
                         }
                     }
@@ -308,18 +311,23 @@ impl RelayServer {
     async fn send_records<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         writer: &mut FrameWriter<W>,
+        follower: &str,
         first: Record,
         rx: &mut mpsc::Receiver<Result<Record, LogError>>,
     ) -> Result<(), ServeError> {
-        writer.queue(&Message::Record(first))?;
+        let mut sent = Sent::default();
+        sent.queue(writer, first)?;
         while writer.queued_bytes() < (1 << 20) {
             match rx.try_recv() {
-                Ok(Ok(record)) => writer.queue(&Message::Record(record))?,
+                Ok(Ok(record)) => sent.queue(writer, record)?,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => break,
             }
         }
         writer.flush().await?;
+        let follower = follower.to_owned();
+        metrics::counter!(RELAY_ENTRIES_SENT_TOTAL, "follower" => follower.clone()).increment(sent.entries);
+        metrics::counter!(RELAY_BYTES_SENT_TOTAL, "follower" => follower).increment(sent.bytes);
         Ok(())
     }
 
@@ -327,6 +335,25 @@ impl RelayServer {
         let last_index = self.log.lock().map_err(|_| LogError::Failed)?.last_flushed().map(|id| id.index);
         let durable_end_lsn = self.durable.borrow().end_lsn;
         Ok(LeaderStatus { last_index, durable_end_lsn, time_us: unix_micros_now() })
+    }
+}
+
+/// Entries and payload bytes queued for one write.
+#[derive(Default)]
+struct Sent {
+    entries: u64,
+    bytes: u64,
+}
+
+impl Sent {
+    fn queue<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut FrameWriter<W>,
+        record: Record,
+    ) -> Result<(), FrameError> {
+        self.bytes += record.payload.len() as u64;
+        self.entries += u64::from(matches!(record.kind, RecordKind::Entry));
+        writer.queue(&Message::Record(record))
     }
 }
 

@@ -15,7 +15,21 @@ use crate::lsn::Term;
 use crate::source::builder::heartbeat_content;
 use crate::source::conn::unix_micros_now;
 
-pub async fn run(pg: tokio_postgres::Config, node: String, term: Term, interval: Duration, cancel: CancellationToken) {
+/// How much WAL the leader's slot holds back (Prometheus gauge), sampled every
+/// [`SLOT_SAMPLE_INTERVAL`].
+pub const SLOT_RETAINED_WAL_BYTES: &str = "walship_slot_retained_wal_bytes";
+pub const SLOT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Emits heartbeats until `cancel`, and samples how much WAL `slot` retains.
+pub async fn run(
+    pg: tokio_postgres::Config,
+    node: String,
+    slot: String,
+    term: Term,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut last_sample: Option<tokio::time::Instant> = None;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut failing = false;
     let mut tick = tokio::time::interval(interval);
@@ -25,7 +39,14 @@ pub async fn run(pg: tokio_postgres::Config, node: String, term: Term, interval:
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match beat(&pg, &mut client, &node, term).await {
+        let beaten = beat(&pg, &mut client, &node, term).await;
+        if let (Ok(()), Some(c)) = (&beaten, client.as_ref()) {
+            if last_sample.is_none_or(|t| t.elapsed() >= SLOT_SAMPLE_INTERVAL) {
+                sample_slot(c, &slot).await;
+                last_sample = Some(tokio::time::Instant::now());
+            }
+        }
+        match beaten {
             Ok(()) if failing => {
                 failing = false;
                 debug!("heartbeats flowing again");
@@ -55,4 +76,17 @@ async fn beat(
     let content = heartbeat_content(node, term, unix_micros_now());
     c.execute("SELECT pg_logical_emit_message(false, $1, $2)", &[&HEARTBEAT_PREFIX, &content]).await?;
     Ok(())
+}
+
+async fn sample_slot(client: &tokio_postgres::Client, slot: &str) {
+    let sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 FROM pg_replication_slots \
+               WHERE slot_name = $1";
+    match client.query_opt(sql, &[&slot]).await {
+        Ok(Some(row)) => {
+            let bytes: Option<f64> = row.get(0);
+            metrics::gauge!(SLOT_RETAINED_WAL_BYTES).set(bytes.unwrap_or(0.0));
+        }
+        Ok(None) => {}
+        Err(e) => debug!(error = %e, "cannot sample the slot"),
+    }
 }

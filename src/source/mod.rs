@@ -131,6 +131,7 @@ pub async fn run_leader(
         let heartbeat = tokio::spawn(heartbeat::run(
             config.postgres.clone(),
             config.node.clone(),
+            leader.slot.clone(),
             term,
             config.source.heartbeat_interval,
             cancel.child_token(),
