@@ -91,7 +91,7 @@ pub async fn run(
             info!("the database is empty: asking the leader for a snapshot");
         }
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
-        let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, .. } = channels;
+        let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, seeding, .. } = channels;
         let durable_rx = durable_tx.subscribe();
         let writer = Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx, marks)
             .map_err(FollowerError::Thread)?;
@@ -111,6 +111,7 @@ pub async fn run(
             seed,
             floor: database.applied,
             postgres: config.postgres.clone(),
+            seeding,
         };
         let followed = client::follow(link, stop.clone()).await;
         stop.cancel();

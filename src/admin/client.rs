@@ -107,6 +107,16 @@ pub fn render(status: &Status) -> String {
         let lag = status.lag_bytes.map_or("unknown".into(), human_bytes);
         let _ = writeln!(out, "applied index {applied}  lag {lag}");
     }
+    if let Some(p) = &status.seeding {
+        let _ = writeln!(
+            out,
+            "loading a snapshot: {} of {} tables, {} rows, {}",
+            p.tables_done,
+            p.tables_total,
+            p.rows,
+            human_bytes(p.bytes)
+        );
+    }
     if let Some(followers) = &status.followers {
         let _ = writeln!(
             out,

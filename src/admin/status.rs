@@ -12,6 +12,7 @@ use crate::log::LogError;
 use crate::lsn::{Index, Lsn};
 use crate::node::NodeView;
 use crate::relay::progress::FollowerProgress;
+use crate::seed::SeedProgress;
 use crate::source::conn::now_pg_micros;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +31,9 @@ pub struct Status {
     pub applied_index: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<u64>,
+    /// On a follower loading a snapshot: how far it has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeding: Option<SeedProgress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +99,7 @@ impl Status {
             followers: None,
             applied_index: None,
             lag_bytes: None,
+            seeding: None,
         };
         match view.role {
             Role::Leader => {
@@ -116,6 +121,7 @@ impl Status {
                 status.lag_bytes =
                     leader.as_ref().and_then(|l| l.status).map(|s| s.durable_end_lsn.bytes_since(applied.end_lsn));
                 status.leader = leader.map(|l| l.node);
+                status.seeding = *view.seeding.borrow();
             }
         }
         Ok(status)

@@ -14,6 +14,7 @@ use crate::lsn::Term;
 use crate::relay::client::Applied;
 use crate::relay::progress::Followers;
 use crate::relay::LeaderStatus;
+use crate::seed::SeedProgress;
 
 /// A follower's view of its leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub struct RoleChannels {
     pub followers: Followers,
     pub applied: watch::Sender<Applied>,
     pub leader: watch::Sender<Option<LeaderView>>,
+    /// A snapshot being loaded, while it is.
+    pub seeding: watch::Sender<Option<SeedProgress>>,
 }
 
 /// The reading ends, for the admin API.
@@ -46,6 +49,7 @@ pub struct NodeView {
     pub followers: Followers,
     pub applied: watch::Receiver<Applied>,
     pub leader: watch::Receiver<Option<LeaderView>>,
+    pub seeding: watch::Receiver<Option<SeedProgress>>,
 }
 
 impl NodeView {
@@ -61,6 +65,7 @@ impl NodeView {
         let (durable_tx, durable) = watch::channel(Durable::default());
         let (applied_tx, applied) = watch::channel(Applied::default());
         let (leader_tx, leader) = watch::channel(None);
+        let (seeding_tx, seeding) = watch::channel(None);
         let marks = EntryMarks::default();
         let followers = Followers::default();
         let view = NodeView {
@@ -75,8 +80,16 @@ impl NodeView {
             followers: followers.clone(),
             applied,
             leader,
+            seeding,
         };
-        let channels = RoleChannels { durable: durable_tx, marks, followers, applied: applied_tx, leader: leader_tx };
+        let channels = RoleChannels {
+            durable: durable_tx,
+            marks,
+            followers,
+            applied: applied_tx,
+            leader: leader_tx,
+            seeding: seeding_tx,
+        };
         (view, channels)
     }
 }

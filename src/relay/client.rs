@@ -27,7 +27,7 @@ use crate::relay::{
     Ack, FollowerHandshake, FrameError, FrameReader, FrameWriter, HandshakeError, Message, StreamStart,
     HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
-use crate::seed::{Load, SeedError};
+use crate::seed::{Load, SeedError, SeedProgress};
 use crate::source::builder::Output;
 
 /// Progress of loading a snapshot (Prometheus gauges).
@@ -109,6 +109,8 @@ pub struct FollowerLink {
     pub floor: Option<EntryId>,
     /// This node's PostgreSQL, where a snapshot is loaded.
     pub postgres: tokio_postgres::Config,
+    /// Progress of a snapshot being loaded, for `/status`.
+    pub seeding: watch::Sender<Option<SeedProgress>>,
 }
 
 /// Follows the leader until `cancel`; returns only on cancellation or a fatal error.
@@ -264,11 +266,14 @@ impl FollowerLink {
                 None => return Err(FollowError::Closed),
             }
             let p = load.progress();
+            self.seeding.send_replace(Some(p));
             metrics::gauge!(SEED_TABLES_DONE).set(f64::from(p.tables_done));
             metrics::gauge!(SEED_ROWS).set(p.rows as f64);
             metrics::gauge!(SEED_BYTES).set(p.bytes as f64);
         }
-        let p = load.finish().await?;
+        let loaded = load.finish().await;
+        self.seeding.send_replace(None);
+        let p = loaded?;
         info!(tables = p.tables_done, rows = p.rows, bytes = p.bytes, "snapshot loaded");
         self.seed = false;
         self.floor = position.map(|index| EntryId { term, index });

@@ -76,7 +76,7 @@ pub const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How far a seed has come. On the follower `tables_total` counts the tables announced so far
 /// until `SeedEnd` gives the total.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SeedProgress {
     pub tables_done: u32,
     pub tables_total: u32,
