@@ -1,6 +1,11 @@
 //! Exponential backoff with jitter.
 
+use std::fmt::Display;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{error, warn};
+
+use crate::error::ErrorClass;
 
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -30,6 +35,24 @@ impl Backoff {
 
     pub fn operator_delay(&mut self) -> Duration {
         self.jitter(OPERATOR_RETRY)
+    }
+
+    /// Logs a failed attempt of `what` as its class deserves and returns how long to wait
+    /// before the next one; `None` for a fatal error, which ends the caller.
+    pub fn after_failure(&mut self, class: ErrorClass, error: &dyn Display, what: &str) -> Option<Duration> {
+        match class {
+            ErrorClass::Fatal => None,
+            ErrorClass::Retry => {
+                let delay = self.next_delay();
+                warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "{what} interrupted");
+                Some(delay)
+            }
+            ErrorClass::Operator => {
+                let delay = self.operator_delay();
+                error!(error = %error, retry_in_ms = delay.as_millis() as u64, "{what} needs an operator");
+                Some(delay)
+            }
+        }
     }
 
     /// After a healthy period: start small again.

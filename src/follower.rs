@@ -142,22 +142,10 @@ async fn replay_with_retries(
             r = replay(&pg, &log, &applied, &mut backoff) => r,
         };
         let Err(e) = result else { return Ok(()) };
-        let delay = match e.class() {
-            ErrorClass::Fatal => {
-                error!(error = %e, "replay stopped");
-                cancel.cancel();
-                return Err(e);
-            }
-            ErrorClass::Retry => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replay interrupted");
-                delay
-            }
-            ErrorClass::Operator => {
-                let delay = backoff.operator_delay();
-                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "replay needs an operator");
-                delay
-            }
+        let Some(delay) = backoff.after_failure(e.class(), &e, "replay") else {
+            error!(error = %e, "replay stopped");
+            cancel.cancel();
+            return Err(e);
         };
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

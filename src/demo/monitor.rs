@@ -213,17 +213,7 @@ fn rows_line(elapsed: u64, counts: &[(&str, Vec<Option<i64>>)]) -> String {
 
 /// `512B`, `1.5KiB`, `20.0MiB`: one token, so the columns stay aligned.
 fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes}B"),
-        _ => format!("{value:.1}{}", UNITS[unit]),
-    }
+    crate::admin::client::human_bytes(bytes).replace(' ', "")
 }
 
 #[cfg(test)]

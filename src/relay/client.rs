@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Peer;
@@ -127,18 +127,9 @@ pub async fn follow(mut link: FollowerLink, cancel: CancellationToken) -> Result
         }
         let delay = match result {
             Ok(()) => return Ok(()),
-            Err(e) => match e.class() {
-                ErrorClass::Fatal => return Err(e),
-                ErrorClass::Retry => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "not following a leader");
-                    delay
-                }
-                ErrorClass::Operator => {
-                    let delay = backoff.operator_delay();
-                    error!(error = %e, retry_in_ms = delay.as_millis() as u64, "following needs an operator");
-                    delay
-                }
+            Err(e) => match backoff.after_failure(e.class(), &e, "following the leader") {
+                Some(delay) => delay,
+                None => return Err(e),
             },
         };
         tokio::select! {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, info_span, Instrument};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -217,19 +217,7 @@ async fn open_stream(config: &Config, slot: &str, start: Lsn) -> Result<ReplStre
 
 /// Logs a failed attempt and waits before the next one; fatal errors end the source.
 async fn wait_or_fail(e: SourceError, backoff: &mut Backoff, cancel: &CancellationToken) -> Result<(), SourceError> {
-    let delay = match e.class() {
-        ErrorClass::Fatal => return Err(e),
-        ErrorClass::Retry => {
-            let delay = backoff.next_delay();
-            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "leader source interrupted");
-            delay
-        }
-        ErrorClass::Operator => {
-            let delay = backoff.operator_delay();
-            error!(error = %e, retry_in_ms = delay.as_millis() as u64, "leader source needs an operator");
-            delay
-        }
-    };
+    let Some(delay) = backoff.after_failure(e.class(), &e, "leader source") else { return Err(e) };
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
