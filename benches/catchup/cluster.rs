@@ -1,0 +1,326 @@
+//! The catch-up bench's cluster: a leader PostgreSQL with its walship sidecar, one follower
+//! instance replayed by a walship follower sidecar, and one follower instance fed by a native
+//! subscription. Everything blocks; SQL goes through tokio-postgres on one current-thread
+//! runtime, so polling costs no process start.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio_postgres::SimpleQueryMessage;
+use walship::localpg::{Instance, Options, TMPDIR_ENV};
+
+/// The native publication, subscription and slot.
+pub const NATIVE: &str = "native";
+/// The walship leader sidecar's node name, and its slot.
+const LEADER_NODE: &str = "a";
+pub const LEADER_SLOT: &str = "walship_a";
+const TOKEN: &str = "catchup-bench-token-0123456789";
+/// The same on all three instances before anything replicates. `bench_marker` is bumped after
+/// each workload: a follower showing the new value has applied everything before it.
+const SCHEMA: &str = "CREATE TABLE bench (id bigint PRIMARY KEY, qty int NOT NULL, note text NOT NULL); \
+     CREATE TABLE bench_marker (id int PRIMARY KEY, n bigint NOT NULL); \
+     INSERT INTO bench_marker VALUES (1, 0);";
+pub const PGBENCH_TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
+/// Every instance's settings beyond localpg's (`fsync = on`, `wal_level = logical`).
+const SETTINGS: &[(&str, &str)] = &[
+    ("max_wal_size", "8GB"),
+    ("checkpoint_timeout", "30min"),
+    ("logical_decoding_work_mem", "256MB"),
+    // The launcher starts apply workers at most once per this interval (default 5 s): a
+    // subscription enabled soon after its last start would wait for it, an artefact of the
+    // bench's disable-enable cycles rather than of catching up.
+    ("wal_retrieve_retry_interval", "100ms"),
+];
+const POLL: Duration = Duration::from_millis(100);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// The leader bumps the marker after a workload; a follower showing the new value has applied
+/// everything committed before it (both systems apply in commit order).
+const MARKER: &str = "SELECT n FROM bench_marker WHERE id = 1";
+pub const BUMP_MARKER: &str = "UPDATE bench_marker SET n = n + 1 WHERE id = 1 RETURNING n";
+/// The walship follower sidecar's sessions on its instance (seen from another session).
+pub const WALSHIP_BACKENDS: &str = "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One SQL session, kept open for the whole bench.
+pub struct Conn {
+    rt: Rc<Runtime>,
+    client: tokio_postgres::Client,
+}
+
+impl Conn {
+    pub fn open(rt: &Rc<Runtime>, pg: &Instance) -> Conn {
+        let config: tokio_postgres::Config = pg.conninfo("postgres").parse().expect("conninfo");
+        let client = rt.block_on(walship::sql::connect(&config)).expect("connect");
+        Conn { rt: rt.clone(), client }
+    }
+
+    /// The first column of the first row as text; `None` for no row or NULL.
+    pub fn value(&self, sql: &str) -> Option<String> {
+        let messages = self.rt.block_on(self.client.simple_query(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })?
+    }
+
+    pub fn execute(&self, sql: &str) {
+        self.rt.block_on(self.client.batch_execute(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Pids of the server processes `sql` lists (one per row, or space-separated).
+    pub fn pids(&self, sql: &str) -> Vec<u32> {
+        self.value(sql).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+/// A `walship run` process.
+pub struct Sidecar {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sidecar {
+    /// Starts the process unless it runs.
+    pub fn start(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("sidecar log");
+        let child = Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start walship");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while child.try_wait().expect("wait for walship").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("walship did not stop on SIGTERM; see {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU seconds the running process has used so far (0 when stopped).
+    pub fn cpu_seconds(&self) -> f64 {
+        self.child.as_ref().map_or(0.0, |c| cpu_seconds(c.id()))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The three instances, both sidecars (stopped until asked) and a session on each instance.
+/// Fields drop in order: sidecars first, then sessions, then the instances.
+pub struct Cluster {
+    pub leader_sidecar: Sidecar,
+    pub follower_sidecar: Sidecar,
+    pub on_leader: Conn,
+    pub on_walship: Conn,
+    pub on_native: Conn,
+    pub leader: Instance,
+    /// The followers' instances: kept running for as long as the cluster lives.
+    _walship_pg: Instance,
+    _native_pg: Instance,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts everything; on return the leader sidecar runs, the walship follower has applied
+    /// the log's first entries and is stopped, and the native subscription exists, disabled.
+    pub fn start(rt: &Rc<Runtime>, pgbench_scale: u32, native_synchronous_commit: &str) -> Cluster {
+        let [leader, walship_pg, native_pg] = [(); 3].map(|()| start_instance(pgbench_scale));
+        let tables = PGBENCH_TABLES.join(", ");
+        leader
+            .psql("postgres", &format!("CREATE PUBLICATION {NATIVE} FOR TABLE bench, bench_marker, {tables}"))
+            .expect("pub");
+
+        let dir = tempfile::Builder::new()
+            .prefix("walship-catchup-")
+            .disable_cleanup(std::env::var_os("WALSHIP_BENCH_KEEP").is_some())
+            .tempdir_in(temp_root())
+            .expect("bench folder");
+        let token = dir.path().join("token");
+        std::fs::write(&token, TOKEN).expect("token");
+        let (relay, admin) = (free_port(), free_port());
+        let mut leader_sidecar = sidecar(dir.path(), LEADER_NODE, "leader", &leader, &token, (relay, admin), None);
+        let mut follower_sidecar =
+            sidecar(dir.path(), "b", "follower", &walship_pg, &token, (free_port(), free_port()), Some((relay, admin)));
+        leader_sidecar.start();
+        let slot = format!(
+            "SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = '{LEADER_SLOT}'"
+        );
+        wait_for("the leader sidecar's slot", || leader.psql("postgres", &slot).is_ok_and(|v| v == "t"));
+        follower_sidecar.start();
+        wait_for("the walship follower's first apply", || {
+            walship_pg.psql("postgres", "SELECT count(*) FROM walship.progress").is_ok_and(|v| v == "1")
+        });
+        follower_sidecar.stop();
+
+        let sub = format!(
+            "CREATE SUBSCRIPTION {NATIVE} CONNECTION '{}' PUBLICATION {NATIVE} \
+             WITH (copy_data = false, enabled = false, synchronous_commit = '{native_synchronous_commit}')",
+            leader.conninfo("postgres")
+        );
+        native_pg.psql("postgres", &sub).expect("create subscription");
+        Cluster {
+            leader_sidecar,
+            follower_sidecar,
+            on_leader: Conn::open(rt, &leader),
+            on_walship: Conn::open(rt, &walship_pg),
+            on_native: Conn::open(rt, &native_pg),
+            leader,
+            _walship_pg: walship_pg,
+            _native_pg: native_pg,
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Lets the native subscription's apply worker stream again.
+    pub fn enable_native(&self) {
+        self.on_native.execute(&format!("ALTER SUBSCRIPTION {NATIVE} ENABLE"));
+    }
+
+    /// Disables the native subscription and waits until its walsender is gone.
+    pub fn disable_native(&self) {
+        self.on_native.execute(&format!("ALTER SUBSCRIPTION {NATIVE} DISABLE"));
+        let sql = format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{NATIVE}'");
+        wait_for("the native slot to be released", || self.on_leader.value(&sql).as_deref() == Some("f"));
+    }
+
+    /// Waits until the walship leader sidecar has logged (and confirmed) the leader's WAL up
+    /// to now.
+    pub fn wait_leader_logged(&self) {
+        let end = self.on_leader.value("SELECT pg_current_wal_lsn()").expect("lsn");
+        let sql = format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{LEADER_SLOT}'"
+        );
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.on_leader.value(&sql).as_deref() != Some("t") {
+            assert!(Instant::now() < deadline, "the leader sidecar did not log the workload; see {:?}", self.dir());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An instance with the bench's settings, `SCHEMA` and the pgbench tables.
+fn start_instance(pgbench_scale: u32) -> Instance {
+    let settings = SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let pg = Instance::start(Options { settings, ..Options::default() }).expect("start PostgreSQL");
+    pg.psql("postgres", SCHEMA).expect("schema");
+    let init = pg.command("pgbench").args(["-i", "-q", "-s", &pgbench_scale.to_string()]).output();
+    assert!(init.expect("run pgbench -i").status.success(), "pgbench -i failed");
+    pg
+}
+
+fn sidecar(
+    dir: &Path,
+    node: &str,
+    role: &str,
+    pg: &Instance,
+    token: &Path,
+    (relay, admin): (u16, u16),
+    leader: Option<(u16, u16)>,
+) -> Sidecar {
+    let dir = dir.join(node);
+    std::fs::create_dir_all(&dir).expect("sidecar folder");
+    let mut text = format!(
+        "node = \"{node}\"\ncluster = \"bench\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"{role}\"\n\
+         listen = \"127.0.0.1:{relay}\"\nadmin = \"127.0.0.1:{admin}\"\ntoken_file = \"{}\"\n",
+        dir.join("data").display(),
+        pg.conninfo("postgres"),
+        token.display(),
+    );
+    if let Some((relay, admin)) = leader {
+        text.push_str(&format!(
+            "\n[[peers]]\nnode = \"{LEADER_NODE}\"\nrelay = \"127.0.0.1:{relay}\"\nadmin = \"127.0.0.1:{admin}\"\n"
+        ));
+    }
+    let config = dir.join("walship.toml");
+    std::fs::write(&config, text).expect("write config");
+    Sidecar { config, log: dir.join("sidecar.log"), child: None }
+}
+
+/// Where the instances live (`WALSHIP_PG_TMPDIR`, else the system temp folder): the sidecars'
+/// logs go there too, so that both systems fsync to the same file system.
+fn temp_root() -> PathBuf {
+    std::env::var_os(TMPDIR_ENV).filter(|d| !d.is_empty()).map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
+}
+
+/// Runs `start` and polls `follower` every 100 ms; the clock stops at the first poll that sees
+/// the leader's `marker`, confirmed by `check` (a query and the leader's answer to it).
+pub fn time_catch_up(follower: &Conn, marker: &str, check: (&str, &str), start: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    start();
+    loop {
+        if follower.value(MARKER).as_deref() == Some(marker) {
+            let at = started.elapsed();
+            if follower.value(check.0).as_deref() == Some(check.1) {
+                return at;
+            }
+        }
+        assert!(started.elapsed() < CATCH_UP_TIMEOUT, "no catch-up after {CATCH_UP_TIMEOUT:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `follower` every 100 ms until it shows the leader's `marker`.
+pub fn wait_marker(follower: &Conn, marker: &str) {
+    let started = Instant::now();
+    while follower.value(MARKER).as_deref() != Some(marker) {
+        assert!(started.elapsed() < CATCH_UP_TIMEOUT, "no catch-up after {CATCH_UP_TIMEOUT:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `check` every 100 ms for up to a minute.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// User plus system CPU seconds a process has used so far (0 when it is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
