@@ -47,6 +47,8 @@ pub enum FollowerError {
     LogEnd(#[from] crate::log::committer::UnreadableEnd),
     #[error("the log writer stopped")]
     WriterGone,
+    #[error("the replay thread panicked")]
+    ReplayThread,
     #[error("sql: {0}")]
     Sql(#[from] tokio_postgres::Error),
     #[error("the database has applied entry {applied} but this node's log starts at {first}: re-seed this node")]
@@ -58,9 +60,11 @@ impl FollowerError {
         match self {
             FollowerError::Follow(e) => e.class(),
             FollowerError::Apply(e) => e.class(),
-            FollowerError::Log(_) | FollowerError::LogEnd(_) | FollowerError::Thread(_) | FollowerError::WriterGone => {
-                ErrorClass::Fatal
-            }
+            FollowerError::Log(_)
+            | FollowerError::LogEnd(_)
+            | FollowerError::Thread(_)
+            | FollowerError::WriterGone
+            | FollowerError::ReplayThread => ErrorClass::Fatal,
             FollowerError::Gap { .. } => ErrorClass::Operator,
             FollowerError::Sql(e) => e.code().map_or(ErrorClass::Retry, |c| ErrorClass::of_sqlstate(c.code())),
         }
@@ -97,7 +101,8 @@ pub async fn run(
             .map_err(FollowerError::Thread)?;
         let applied_rx = applied_tx.subscribe();
         let stop = cancel.child_token();
-        let replay = tokio::spawn(replay_with_retries(config.postgres.clone(), log, applied_tx, stop.clone()));
+        let replay =
+            spawn_replay(config.postgres.clone(), log, applied_tx, stop.clone()).map_err(FollowerError::Thread)?;
         let link = FollowerLink {
             cluster: config.cluster.clone(),
             node: config.node.clone(),
@@ -115,7 +120,11 @@ pub async fn run(
         };
         let followed = client::follow(link, stop.clone()).await;
         stop.cancel();
-        let replayed = replay.await.map_err(|_| FollowerError::WriterGone)?;
+        let replayed = tokio::task::spawn_blocking(move || replay.join())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(FollowerError::ReplayThread)?;
         let written =
             tokio::task::spawn_blocking(move || writer.join()).await.map_err(|_| FollowerError::WriterGone)?;
         followed?;
@@ -127,6 +136,22 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Runs replay on a thread of its own with a single-threaded runtime: the applier and its
+/// PostgreSQL connection then share one thread, so pipelined statements are written out
+/// together instead of each waking another worker thread.
+fn spawn_replay(
+    pg: tokio_postgres::Config,
+    log: Arc<Mutex<Log>>,
+    applied: watch::Sender<Applied>,
+    cancel: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<Result<(), FollowerError>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name("walship-replay".into())
+        .spawn(move || runtime.block_on(replay_with_retries(pg, log, applied, cancel).instrument(span)))
 }
 
 async fn replay_with_retries(
