@@ -108,7 +108,7 @@ pub async fn serve(listener: TcpListener, server: Arc<RelayServer>, cancel: Canc
         };
         match accepted {
             Ok((stream, addr)) => {
-                let span = info_span!("relay", node = %server.node, peer = %addr);
+                let span = info_span!("relay", node = %server.node, peer = %addr, follower = tracing::field::Empty);
                 tasks.spawn(server.clone().handle(stream, addr, cancel.child_token()).instrument(span));
             }
             Err(e) => {
@@ -168,6 +168,7 @@ impl RelayServer {
         }
         writer.send(&Message::Welcome(accepted.welcome.clone())).await?;
         reader.set_max_frame_bytes(MAX_FRAME_BYTES);
+        tracing::Span::current().record("follower", accepted.follower.as_str());
         self.followers.connected(&accepted.follower, accepted.flushed);
         let from = match accepted.start {
             StreamStart::From(from) => from,
