@@ -9,7 +9,7 @@
 //! ```
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
 use crate::log::committer::{Durable, Writer, WRITE_QUEUE_BATCHES};
-use crate::log::{Log, LogError, RecordKind};
+use crate::log::{Log, LogError, Record, RecordKind};
 use crate::lsn::{EntryId, Index};
 use crate::node::{NodeState, RoleChannels};
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
@@ -30,6 +30,8 @@ use crate::source::stream::SharedSink;
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
 /// Entries replayed into this node's PostgreSQL (Prometheus counter).
 pub const REPLAY_ENTRIES_APPLIED_TOTAL: &str = "walship_replay_entries_applied_total";
+/// Under a steady stream, the least time between two replay commits.
+pub const REPLAY_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 /// Records read ahead of replay.
 pub const REPLAY_QUEUE_RECORDS: usize = 256;
 
@@ -206,34 +208,89 @@ async fn replay(
     info!(after = ?position.map(|p| p.id), "replaying");
     backoff.reset();
     let (mut records, tail) = crate::log::tail::spawn(reader, REPLAY_QUEUE_RECORDS);
-    let mut pending = 0usize;
+    let mut group = Group::default();
     let result = loop {
-        let Some(record) = records.recv().await else { break Ok(()) };
-        let record = match record {
-            Ok(record) => record,
-            Err(e) => break Err(e.into()),
+        let next = match group.next_step(&mut records).await {
+            Step::Record(next) => next,
+            Step::Commit => match group.commit(&mut applier, applied).await {
+                Ok(()) => continue,
+                Err(e) => break Err(e),
+            },
+        };
+        let record = match next {
+            Some(Ok(record)) => record,
+            Some(Err(e)) => break Err(e.into()),
+            None => break Ok(()),
         };
         if let Err(e) = applier.apply_record(&record).await {
             break Err(e.into());
         }
-        if matches!(record.kind, RecordKind::Entry) {
-            pending += 1;
-            metrics::counter!(REPLAY_ENTRIES_APPLIED_TOTAL).increment(1);
-            if pending >= REPLAY_GROUP_ENTRIES || records.is_empty() {
-                match applier.commit().await {
-                    Ok(Some(p)) => {
-                        applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
-                    }
-                    Ok(None) => {}
-                    Err(e) => break Err(e.into()),
-                }
-                pending = 0;
-            }
-        }
+        group.applied(&record);
     };
     drop(records);
     let _ = tail.await;
     result
+}
+
+/// Entries applied since the last commit, and when to commit them: at once when replay has
+/// caught up after a quiet spell, but under a steady stream not more often than every
+/// [`REPLAY_COMMIT_WINDOW`], so that each follower transaction carries many leader ones.
+struct Group {
+    pending: usize,
+    /// The last record was a chunk: the entry is open and no commit may happen.
+    inside_entry: bool,
+    last_commit: Instant,
+}
+
+enum Step {
+    Record(Option<Result<Record, LogError>>),
+    Commit,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        let last_commit = Instant::now().checked_sub(REPLAY_COMMIT_WINDOW).unwrap_or_else(Instant::now);
+        Group { pending: 0, inside_entry: false, last_commit }
+    }
+}
+
+impl Group {
+    async fn next_step(&self, records: &mut mpsc::Receiver<Result<Record, LogError>>) -> Step {
+        if self.pending == 0 || self.inside_entry {
+            return Step::Record(records.recv().await);
+        }
+        if self.pending >= REPLAY_GROUP_ENTRIES {
+            return Step::Commit;
+        }
+        match records.try_recv() {
+            Ok(record) => Step::Record(Some(record)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Step::Record(None),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let wait = REPLAY_COMMIT_WINDOW.saturating_sub(self.last_commit.elapsed());
+                match tokio::time::timeout(wait, records.recv()).await {
+                    Ok(record) => Step::Record(record),
+                    Err(_) => Step::Commit,
+                }
+            }
+        }
+    }
+
+    fn applied(&mut self, record: &Record) {
+        self.inside_entry = matches!(record.kind, RecordKind::Chunk);
+        if !self.inside_entry {
+            self.pending += 1;
+            metrics::counter!(REPLAY_ENTRIES_APPLIED_TOTAL).increment(1);
+        }
+    }
+
+    async fn commit(&mut self, applier: &mut Applier, applied: &watch::Sender<Applied>) -> Result<(), FollowerError> {
+        if let Some(p) = applier.commit().await? {
+            applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
+        }
+        self.pending = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
 }
 
 /// A live reader from the entry after `applied`; `None` while the log does not reach it yet.

@@ -253,11 +253,17 @@ fn sidecar(
 ) -> Sidecar {
     let dir = dir.join(node);
     std::fs::create_dir_all(&dir).expect("sidecar folder");
+    // A follower sidecar replays into the PostgreSQL beside it through its Unix socket, as
+    // deployed (README); the leader sidecar reads over TCP like the native subscription.
+    let postgres = match leader {
+        Some(_) => format!("host={} port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port()),
+        None => pg.conninfo("postgres"),
+    };
     let mut text = format!(
         "node = \"{node}\"\ncluster = \"bench\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"{role}\"\n\
          listen = \"127.0.0.1:{relay}\"\nadmin = \"127.0.0.1:{admin}\"\ntoken_file = \"{}\"\n",
         dir.join("data").display(),
-        pg.conninfo("postgres"),
+        postgres,
         token.display(),
     );
     if let Some((relay, admin)) = leader {
