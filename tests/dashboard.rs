@@ -375,9 +375,7 @@ fn every_metric_the_dashboard_and_alerts_read_is_exported() {
         pg.psql("postgres", SCHEMA).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, "");
-    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
-    leader.add_peer(&b);
+    let (mut leader, mut b) = Sidecar::pair(dir.path(), &leader_pg, &follower_pg);
     let scrape = |port: u16| {
         let (code, body) = http_get(port, "/metrics").unwrap();
         assert_eq!(code, 200, "{body}");

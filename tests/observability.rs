@@ -20,6 +20,14 @@ fn metric(admin_port: u16, metric: &str, labels: &str) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Starts the leader and waits for its first entries: rows written before are not logged.
+fn start_leader(leader: &mut Sidecar) {
+    leader.start();
+    wait_until(Duration::from_secs(30), "the leader's first entries", || {
+        metric(leader.admin_port, "walship_log_last_index", "").is_some_and(|i| i > 0.0)
+    });
+}
+
 #[test]
 fn lag_is_measured_from_heartbeats_on_an_idle_leader() {
     let leader_pg = Instance::start(Options::default()).unwrap();
@@ -28,13 +36,8 @@ fn lag_is_measured_from_heartbeats_on_an_idle_leader() {
         pg.psql("postgres", SCHEMA).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, "");
-    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
-    leader.add_peer(&b);
-    leader.start();
-    wait_until(Duration::from_secs(30), "the leader's first entries", || {
-        metric(leader.admin_port, "walship_log_last_index", "").is_some_and(|i| i > 0.0)
-    });
+    let (mut leader, mut b) = Sidecar::pair(dir.path(), &leader_pg, &follower_pg);
+    start_leader(&mut leader);
     b.start();
     leader_pg.psql("postgres", "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g").unwrap();
     let follower = "follower=\"b\"";
@@ -97,13 +100,8 @@ fn lag_series_are_positive_under_load_while_a_follower_is_stopped() {
     let follower_pg = Instance::start(Options::default()).unwrap();
     leader_pg.psql("postgres", SCHEMA).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, "");
-    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
-    leader.add_peer(&b);
-    leader.start();
-    wait_until(Duration::from_secs(30), "the leader's first entries", || {
-        metric(leader.admin_port, "walship_log_last_index", "").is_some_and(|i| i > 0.0)
-    });
+    let (mut leader, mut b) = Sidecar::pair(dir.path(), &leader_pg, &follower_pg);
+    start_leader(&mut leader);
     b.start(); // seeds itself: its database is empty
     let follower = "follower=\"b\"";
     wait_until(Duration::from_secs(30), "the follower to connect", || {

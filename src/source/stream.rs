@@ -183,20 +183,26 @@ impl StatusSink {
             return Ok(());
         }
         let flushed = flushed.max(self.reported);
-        let mut msg = BytesMut::with_capacity(34);
-        msg.put_u8(b'r');
-        msg.put_u64(flushed.0);
-        msg.put_u64(flushed.0);
-        msg.put_u64(flushed.0);
-        msg.put_i64(now_pg_micros());
-        msg.put_u8(0);
-        frontend::CopyData::new(msg.freeze())?.write(&mut self.wbuf);
+        standby_status(flushed, flushed, flushed, false, &mut self.wbuf)?;
         let written = self.transport.write_all(&self.wbuf);
         self.wbuf.clear();
         written?;
         self.reported = flushed;
         Ok(())
     }
+}
+
+/// Appends a standby status update (`r`) as CopyData to `out`.
+fn standby_status(written: Lsn, flushed: Lsn, applied: Lsn, reply: bool, out: &mut BytesMut) -> Result<(), ReplError> {
+    let mut msg = BytesMut::with_capacity(34);
+    msg.put_u8(b'r');
+    msg.put_u64(written.0);
+    msg.put_u64(flushed.0);
+    msg.put_u64(applied.0);
+    msg.put_i64(now_pg_micros());
+    msg.put_u8(u8::from(reply));
+    frontend::CopyData::new(msg.freeze())?.write(out);
+    Ok(())
 }
 
 /// A running replication stream, read and written with blocking calls from one thread.
@@ -262,14 +268,7 @@ impl ReplStream {
     /// Sends a standby status update: `written`, `flushed` and `applied` are WAL positions,
     /// and `flushed` must already be durable in walship's log.
     pub fn send_status(&mut self, written: Lsn, flushed: Lsn, applied: Lsn, reply: bool) -> Result<(), ReplError> {
-        let mut msg = BytesMut::with_capacity(34);
-        msg.put_u8(b'r');
-        msg.put_u64(written.0);
-        msg.put_u64(flushed.0);
-        msg.put_u64(applied.0);
-        msg.put_i64(now_pg_micros());
-        msg.put_u8(u8::from(reply));
-        frontend::CopyData::new(msg.freeze())?.write(&mut self.wbuf);
+        standby_status(written, flushed, applied, reply, &mut self.wbuf)?;
         self.transport.write_all(&self.wbuf)?;
         self.wbuf.clear();
         Ok(())

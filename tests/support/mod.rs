@@ -86,6 +86,14 @@ impl Sidecar {
         }
     }
 
+    /// A leader `a` and a follower `b` that know each other, in `dir`, not started.
+    pub fn pair(dir: &Path, leader_pg: &Instance, follower_pg: &Instance) -> (Sidecar, Sidecar) {
+        let leader = Sidecar::leader(&dir.join("a"), "a", leader_pg, "");
+        let follower = Sidecar::follower(&dir.join("b"), "b", follower_pg, &[&leader], "");
+        leader.add_peer(&follower);
+        (leader, follower)
+    }
+
     /// Lists `peer` in this sidecar's `[[peers]]`.
     pub fn add_peer(&self, peer: &Sidecar) {
         let mut config = fs::read_to_string(&self.config_path).unwrap();
