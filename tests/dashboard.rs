@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use support::{free_port, http_get, wait_until, Sidecar};
-use walship::localpg::{Instance, Options};
+use support::{free_port, http_get, two_instances, wait_until, Sidecar};
 
 const SCHEMA: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
 
@@ -369,11 +368,7 @@ impl Drop for Prometheus {
 
 #[test]
 fn every_metric_the_dashboard_and_alerts_read_is_exported() {
-    let leader_pg = Instance::start(Options::default()).unwrap();
-    let follower_pg = Instance::start(Options::default()).unwrap();
-    for pg in [&leader_pg, &follower_pg] {
-        pg.psql("postgres", SCHEMA).unwrap();
-    }
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
     let dir = tempfile::tempdir().unwrap();
     let (mut leader, mut b) = Sidecar::pair(dir.path(), &leader_pg, &follower_pg);
     let scrape = |port: u16| {

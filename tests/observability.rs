@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{http_get, signal, wait_until, Sidecar};
+use support::{http_get, signal, two_instances, wait_until, Sidecar};
 use walship::localpg::{Instance, Options};
 
 const SCHEMA: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
@@ -30,11 +30,7 @@ fn start_leader(leader: &mut Sidecar) {
 
 #[test]
 fn lag_is_measured_from_heartbeats_on_an_idle_leader() {
-    let leader_pg = Instance::start(Options::default()).unwrap();
-    let follower_pg = Instance::start(Options::default()).unwrap();
-    for pg in [&leader_pg, &follower_pg] {
-        pg.psql("postgres", SCHEMA).unwrap();
-    }
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
     let dir = tempfile::tempdir().unwrap();
     let (mut leader, mut b) = Sidecar::pair(dir.path(), &leader_pg, &follower_pg);
     start_leader(&mut leader);

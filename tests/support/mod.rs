@@ -18,6 +18,16 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A leader's and a follower's PostgreSQL, both with `schema`.
+pub fn two_instances(schema: &str) -> (Instance, Instance) {
+    let leader = Instance::start(walship::localpg::Options::default()).unwrap();
+    let follower = Instance::start(walship::localpg::Options::default()).unwrap();
+    for pg in [&leader, &follower] {
+        pg.psql("postgres", schema).unwrap();
+    }
+    (leader, follower)
+}
+
 /// Polls `check` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
