@@ -50,7 +50,8 @@
 //! changes it); walship's applier commits with the server default (`on`).
 //! Knobs: `WALSHIP_BENCH_SCALE`, `WALSHIP_BENCH_NATIVE_SYNC_COMMIT`,
 //! `WALSHIP_BENCH_PGBENCH_SCALE`, `WALSHIP_BENCH_PGBENCH_SECONDS`,
-//! `WALSHIP_BENCH_PGBENCH_ORDER` (default `nothing,walship,native`), `WALSHIP_BENCH_KEEP=1`
+//! `WALSHIP_BENCH_PGBENCH_ORDER` (default `nothing,walship,native`), `WALSHIP_BENCH_PARTS`
+//! (default `catchup,steady`: which parts run), `WALSHIP_BENCH_KEEP=1`
 //! (keep the sidecars' folder and logs).
 //!
 //! `WALSHIP_PG_TMPDIR=/dev/shm cargo bench --bench catchup`
@@ -118,8 +119,16 @@ fn main() {
         started.elapsed(),
         c.dir().display()
     );
-    let outcomes: Vec<Outcome> = workloads(scale).iter().map(|w| catch_up_workload(&mut c, w)).collect();
-    let runs = steady::run_all(&mut c, pgbench_seconds, &order);
+    let parts: String = env("WALSHIP_BENCH_PARTS").unwrap_or_else(|| "catchup,steady".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    let outcomes: Vec<Outcome> = match part("catchup") {
+        true => workloads(scale).iter().map(|w| catch_up_workload(&mut c, w)).collect(),
+        false => Vec::new(),
+    };
+    let runs = match part("steady") {
+        true => steady::run_all(&mut c, pgbench_seconds, &order),
+        false => Vec::new(),
+    };
     verify_equal(&c, ALL_TABLES);
     c.leader_sidecar.stop();
 
@@ -128,6 +137,7 @@ fn main() {
         "\n== pgbench -n -c 4 -T {pgbench_seconds} (scale {pgbench_scale}) on the leader, one consumer attached =="
     );
     print_pgbench(&runs);
+    steady::print_stages(&runs);
     println!("total {:.1?}", started.elapsed());
 }
 

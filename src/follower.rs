@@ -163,12 +163,20 @@ async fn replay_with_retries(
     cancel: CancellationToken,
 ) -> Result<(), FollowerError> {
     let mut backoff = Backoff::default();
+    let mut strict_through = None;
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = replay(&pg, &log, &applied, &mut backoff) => r,
+            r = replay(&pg, &log, &applied, &mut backoff, strict_through) => r,
         };
         let Err(e) = result else { return Ok(()) };
+        if let FollowerError::Apply(ApplyError::Batched { first, last, reason, .. }) = &e {
+            // Rolled back: apply the same entries again strictly in log order, which stops
+            // at the first change that fails, if one does, and names it.
+            info!(%first, %last, %reason, "a batched change failed: replaying its entries in strict order");
+            strict_through = Some(last.index);
+            continue;
+        }
         let Some(delay) = backoff.after_failure(e.class(), &e, "replay") else {
             error!(error = %e, "replay stopped");
             cancel.cancel();
@@ -188,8 +196,10 @@ async fn replay(
     log: &Arc<Mutex<Log>>,
     applied: &watch::Sender<Applied>,
     backoff: &mut Backoff,
+    strict_through: Option<Index>,
 ) -> Result<(), FollowerError> {
     let mut applier = Applier::connect(pg).await?;
+    applier.strict_through(strict_through);
     applier.set_read_only(true).await?;
     // Until the log reaches the database's position the relay is still bringing it (or a
     // snapshot is being loaded, which moves the position): read both again while waiting.

@@ -342,3 +342,163 @@ async fn apply_rate() {
     println!("apply rate: single-row update transactions, one commit each: {rate:.0} rows/s");
     pair.assert_replicated();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_runs_go_in_bulk_for_every_type_family() {
+    let extra = "CREATE DOMAIN intlist AS int[] CHECK (cardinality(VALUE) < 10);
+                 CREATE TABLE odd (id text PRIMARY KEY, bx box, ia int[], dl intlist, note text);";
+    let mut pair = Pair::start(&format!("{TYPES_SCHEMA}{extra}"), DEFAULT_SPILL_BYTES).await;
+    let columns = "i2, i4, i8, num, num_p, f4, f8, b, t, vc, ch, by, d, tm, ttz, ts, tstz, iv, js, jb, \
+                   ia, ta, u, m, dom, comp, r4, rtz, ip, cn, mac, x, mon, tsv, bt, vb, pt";
+    let rows = 3 * walship::apply::BULK_MIN_ROWS;
+    pair.on_leader(&format!(
+        "BEGIN;
+         INSERT INTO types (id, {columns}) VALUES (1, {TYPES_ROW});
+         INSERT INTO types (id, {columns}) SELECT g, {columns} FROM types, generate_series(2, {rows}) g;
+         COMMIT;
+         INSERT INTO types (id) SELECT g FROM generate_series({rows} + 1, 2 * {rows}) g;
+         UPDATE types SET t = t || id, by = by || '\\x5c22'::bytea, ta = ta || '{{\"x,y\"}}'::text[], i2 = NULL;
+         UPDATE types SET ({columns}) = (SELECT {columns} FROM types WHERE id = 1) WHERE id > {rows};
+         INSERT INTO odd SELECT 'k \"' || g || '\\', box(point(g, 0), point(0, g)), ARRAY[g, NULL],
+             ARRAY[g], E'a\\tb \"c\" \\\\' FROM generate_series(1, {rows}) g;
+         UPDATE odd SET bx = box(point(-1, -1), point(1, 1)), ia = ARRAY[[1, 2], [3, NULL]], dl = '{{}}', note = NULL;"
+    ));
+    // Single-row transactions on alternating keys: runs across entries, broken by repeats.
+    for i in 0..4 * rows {
+        pair.on_leader(&format!(
+            "UPDATE types SET i4 = coalesce(i4, 0) % 1000 * 3 + {i} WHERE id = {};",
+            i % (2 * rows) + 1
+        ));
+    }
+    pair.on_leader("DELETE FROM types WHERE id % 3 = 0; DELETE FROM odd WHERE id LIKE 'k \"1%';");
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &records, 1000).await.unwrap();
+    pair.assert_replicated();
+    let sent = applier.rows_sent();
+    assert!(sent.copy >= 3 * rows as u64, "inserts go by COPY: {sent:?}");
+    assert!(sent.set >= 4 * rows as u64, "long runs of updates and deletes go set-based: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_based_run_that_diverges_is_replayed_in_strict_order_to_name_the_row() {
+    let mut pair = Pair::start("CREATE TABLE t (id int PRIMARY KEY, v text);", DEFAULT_SPILL_BYTES).await;
+    pair.on_leader("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g;");
+    let setup = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    let applied = apply(&mut applier, &setup, 1).await;
+
+    pair.on_follower("DELETE FROM t WHERE id = 37;");
+    for i in 1..=60 {
+        pair.on_leader(&format!("UPDATE t SET v = 'u{i}' WHERE id = {i};"));
+    }
+    let records = pair.records().await;
+    let (first, last) = match apply_until_error(&mut applier, &records).await {
+        e @ ApplyError::Batched { .. } => {
+            assert_eq!(e.class(), ErrorClass::Retry);
+            let ApplyError::Batched { first, last, table, reason } = e else { unreachable!() };
+            assert_eq!(table, "public.t");
+            assert!(reason.contains("matched"), "{reason}");
+            (first, last)
+        }
+        other => panic!("expected a set-based failure, got {other:?}"),
+    };
+    assert!(first.index <= records[36].id.index && records[36].id.index <= last.index, "{first}..{last}");
+    assert_eq!(applier.applied().await.unwrap(), applied, "rolled back");
+
+    applier.strict_through(Some(last.index));
+    match apply_until_error(&mut applier, &records).await {
+        ApplyError::Divergence { entry, table, key, .. } => {
+            assert_eq!((entry, table.as_str(), key.as_str()), (records[36].id, "public.t", "id=37"));
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+    // Deletes: the same, and past the row-by-row range bulk is back.
+    pair.on_follower("INSERT INTO t VALUES (37, 'u37'); DELETE FROM t WHERE id = 90;");
+    apply(&mut applier, &records, 1000).await.unwrap();
+    pair.on_leader("DELETE FROM t WHERE id > 80;");
+    let deletes = pair.records().await;
+    match apply_until_error(&mut applier, &deletes).await {
+        ApplyError::Batched { .. } => {}
+        other => panic!("expected a set-based failure, got {other:?}"),
+    }
+    applier.strict_through(Some(deletes.last().unwrap().id.index));
+    match apply_until_error(&mut applier, &deletes).await {
+        ApplyError::Divergence { entry, key, .. } => assert_eq!((entry, key.as_str()), (deletes[0].id, "id=90")),
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_small_transactions_make_long_runs_per_table() {
+    let schema = "CREATE TABLE a (id int PRIMARY KEY, n int); CREATE TABLE b (id int PRIMARY KEY, n int);
+                  CREATE TABLE h (a int, b int, at text);";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    pair.on_leader("INSERT INTO a SELECT g, 0 FROM generate_series(1, 200) g; INSERT INTO b SELECT g, 0 FROM generate_series(1, 10) g;");
+    // pgbench's shape: each transaction updates a row of a and of b and logs to h; b's keys
+    // repeat often, a's never.
+    pair.on_leader(
+        "DO $$ BEGIN FOR i IN 1..200 LOOP
+           UPDATE a SET n = n + i WHERE id = i;
+           UPDATE b SET n = n * 2 + i WHERE id = i % 10 + 1;
+           INSERT INTO h VALUES (i, i % 10 + 1, 'at ' || i);
+           COMMIT;
+         END LOOP; END $$;",
+    );
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &records, 1000).await.unwrap();
+    pair.assert_replicated();
+    let sent = applier.rows_sent();
+    assert!(sent.set >= 150 && sent.copy >= 150, "runs across the transactions go in bulk: {sent:?}");
+
+    // Two rows missing on the follower, in two tables: the first one in log order is named,
+    // though its table's run went out after the other's.
+    pair.on_follower("DELETE FROM a WHERE id = 150; DELETE FROM b WHERE id = 4;");
+    pair.on_leader(
+        "DO $$ BEGIN FOR i IN 1..200 LOOP
+           UPDATE a SET n = n + 1 WHERE id = i;
+           UPDATE b SET n = n + 1 WHERE id = i % 10 + 1;
+           COMMIT;
+         END LOOP; END $$;",
+    );
+    let records = pair.records().await;
+    let last = match apply_until_error(&mut applier, &records).await {
+        ApplyError::Batched { last, .. } => last,
+        other => panic!("expected a batched failure, got {other:?}"),
+    };
+    applier.strict_through(Some(last.index));
+    match apply_until_error(&mut applier, &records).await {
+        ApplyError::Divergence { entry, table, key, .. } => {
+            assert_eq!((entry, table.as_str(), key.as_str()), (records[2].id, "public.b", "id=4"));
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_replica_triggers_keeps_its_order_with_other_tables() {
+    let schema = "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY, n int);";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    // On the follower only: a trigger that fires in the apply session and reads another table.
+    pair.on_follower(
+        "CREATE TABLE seen (n int, a_rows bigint);
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.seen SELECT NEW.n, count(*) FROM public.a; RETURN NEW; END $$;
+         CREATE TRIGGER note AFTER UPDATE ON b FOR EACH ROW EXECUTE FUNCTION note();
+         ALTER TABLE b ENABLE ALWAYS TRIGGER note;",
+    );
+    pair.on_leader("INSERT INTO b VALUES (1, 0);");
+    pair.on_leader(
+        "DO $$ BEGIN FOR i IN 1..50 LOOP
+           INSERT INTO a VALUES (i); UPDATE b SET n = i WHERE id = 1; COMMIT;
+         END LOOP; END $$;",
+    );
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &records, 1000).await.unwrap();
+    pair.assert_replicated();
+    let wrong = pair.on_follower("SELECT count(*) FROM seen WHERE a_rows <> n");
+    assert_eq!(wrong, "0", "{}", pair.on_follower("SELECT * FROM seen ORDER BY n"));
+    assert_eq!(pair.on_follower("SELECT count(*) FROM seen"), "50");
+}

@@ -305,3 +305,40 @@ fn followers_seeded_from_empty_databases_replicate_pgbench_through_faults() {
         sidecar.assert_no_errors();
     }
 }
+
+#[test]
+fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
+    let leader_pg = Instance::start(Options::default()).unwrap();
+    let follower_pg = Instance::start(Options::default()).unwrap();
+    for pg in [&leader_pg, &follower_pg] {
+        pg.psql("postgres", SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_leader(dir.path(), &leader_pg);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
+    leader.add_peer(&b);
+    b.start();
+    leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'n' FROM generate_series(1, 100) g").unwrap();
+    wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));
+    b.stop();
+
+    // Someone deletes a row on the follower; the leader then updates every row, one
+    // transaction each: a long run of updates that replay sends set-based.
+    follower_pg.psql("postgres", "BEGIN READ WRITE; DELETE FROM accounts WHERE id = 42; COMMIT;").unwrap();
+    leader_pg
+        .psql(
+            "postgres",
+            "DO $$ BEGIN FOR i IN 1..100 LOOP UPDATE accounts SET balance = i WHERE id = i; COMMIT; END LOOP; END $$",
+        )
+        .unwrap();
+    b.start();
+    wait_until(Duration::from_secs(30), "replay to stop at the row", || {
+        b.log_text().contains("diverges on table public.accounts (key id=42)")
+    });
+    let log = b.log_text();
+    assert!(log.contains("replaying its entries in strict order"), "{}", b.log_tail());
+    let after = follower_pg.psql("postgres", "SELECT count(*) FROM accounts WHERE id > 42 AND balance <> 0").unwrap();
+    assert_eq!(after.trim(), "0", "nothing past the divergence is applied");
+    b.stop();
+    leader.stop();
+}

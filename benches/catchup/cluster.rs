@@ -139,6 +139,8 @@ impl Drop for Sidecar {
 /// Fields drop in order: sidecars first, then sessions, then the instances.
 pub struct Cluster {
     pub leader_sidecar: Sidecar,
+    /// The leader sidecar's admin port (`/metrics`).
+    pub leader_admin: u16,
     pub follower_sidecar: Sidecar,
     pub on_leader: Conn,
     pub on_walship: Conn,
@@ -168,9 +170,12 @@ impl Cluster {
         let token = dir.path().join("token");
         std::fs::write(&token, TOKEN).expect("token");
         let (relay, admin) = (free_port(), free_port());
-        let mut leader_sidecar = sidecar(dir.path(), LEADER_NODE, "leader", &leader, &token, (relay, admin), None);
+        let follower_ports = (free_port(), free_port());
+        // Each names the other in [[peers]]: the leader then reports the follower's lag.
+        let mut leader_sidecar =
+            sidecar(dir.path(), LEADER_NODE, "leader", &leader, &token, (relay, admin), ("b", follower_ports));
         let mut follower_sidecar =
-            sidecar(dir.path(), "b", "follower", &walship_pg, &token, (free_port(), free_port()), Some((relay, admin)));
+            sidecar(dir.path(), "b", "follower", &walship_pg, &token, follower_ports, (LEADER_NODE, (relay, admin)));
         leader_sidecar.start();
         let slot = format!(
             "SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = '{LEADER_SLOT}'"
@@ -190,6 +195,7 @@ impl Cluster {
         native_pg.psql("postgres", &sub).expect("create subscription");
         Cluster {
             leader_sidecar,
+            leader_admin: admin,
             follower_sidecar,
             on_leader: Conn::open(rt, &leader),
             on_walship: Conn::open(rt, &walship_pg),
@@ -249,15 +255,15 @@ fn sidecar(
     pg: &Instance,
     token: &Path,
     (relay, admin): (u16, u16),
-    leader: Option<(u16, u16)>,
+    (peer, (peer_relay, peer_admin)): (&str, (u16, u16)),
 ) -> Sidecar {
     let dir = dir.join(node);
     std::fs::create_dir_all(&dir).expect("sidecar folder");
     // A follower sidecar replays into the PostgreSQL beside it through its Unix socket, as
     // deployed (README); the leader sidecar reads over TCP like the native subscription.
-    let postgres = match leader {
-        Some(_) => format!("host={} port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port()),
-        None => pg.conninfo("postgres"),
+    let postgres = match role {
+        "follower" => format!("host={} port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port()),
+        _ => pg.conninfo("postgres"),
     };
     let mut text = format!(
         "node = \"{node}\"\ncluster = \"bench\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"{role}\"\n\
@@ -266,11 +272,9 @@ fn sidecar(
         postgres,
         token.display(),
     );
-    if let Some((relay, admin)) = leader {
-        text.push_str(&format!(
-            "\n[[peers]]\nnode = \"{LEADER_NODE}\"\nrelay = \"127.0.0.1:{relay}\"\nadmin = \"127.0.0.1:{admin}\"\n"
-        ));
-    }
+    text.push_str(&format!(
+        "\n[[peers]]\nnode = \"{peer}\"\nrelay = \"127.0.0.1:{peer_relay}\"\nadmin = \"127.0.0.1:{peer_admin}\"\n"
+    ));
     let config = dir.join("walship.toml");
     std::fs::write(&config, text).expect("write config");
     Sidecar { config, log: dir.join("sidecar.log"), child: None }

@@ -54,6 +54,51 @@ pub struct PgbenchRun {
     pub cpu: f64,
     /// Cores other processes on the machine kept busy while pgbench ran.
     pub others: f64,
+    /// walship only: where the lag is, sampled with the others. Seconds behind the leader's
+    /// durable log by stage (`received`, `flushed`, `applied`, from the leader sidecar's
+    /// `/metrics`), and bytes of WAL the leader sidecar has not logged yet.
+    pub stages: [Vec<f64>; 3],
+    pub unlogged_wal: Vec<f64>,
+}
+
+const STAGES: [&str; 3] = ["received", "flushed", "applied"];
+
+/// `walship_follower_lag_seconds` of each stage, from the leader sidecar's `/metrics`.
+fn stage_lags(admin: u16) -> Option<[f64; 3]> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    let value = |stage: &str| {
+        let prefix = format!("walship_follower_lag_seconds{{follower=\"b\",stage=\"{stage}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+    };
+    Some([value(STAGES[0])?, value(STAGES[1])?, value(STAGES[2])?])
+}
+
+/// The walship runs' lag by stage, p50/p99 each.
+pub fn print_stages(runs: &[PgbenchRun]) {
+    for run in runs.iter().filter(|r| r.attached == Attached::Walship) {
+        let mut line = String::from("walship lag by stage p50/p99 s (behind the leader's log):");
+        for (stage, samples) in STAGES.iter().zip(&run.stages) {
+            let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+            line.push_str(&format!(" {stage} {p50:.3}/{p99:.3}"));
+        }
+        let (p50, p99) = (percentile(&run.unlogged_wal, 0.5), percentile(&run.unlogged_wal, 0.99));
+        line.push_str(&format!("; WAL not yet logged p50/p99 {:.0}/{:.0} kB", p50 / 1024.0, p99 / 1024.0));
+        println!("{line}");
+    }
+}
+
+fn percentile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((n - 1) as f64 * q).round() as usize],
+    }
 }
 
 /// Runs pgbench once per entry of `order`; then both followers catch up (untimed).
@@ -127,8 +172,20 @@ fn pgbench_run(c: &Cluster, seconds: u64, attached: Attached) -> PgbenchRun {
         .spawn()
         .expect("start pgbench");
     let (mut own_lag, mut history_lag) = (Vec::new(), Vec::new());
+    let (mut stages, mut unlogged_wal): ([Vec<f64>; 3], Vec<f64>) = Default::default();
+    let unlogged = format!(
+        "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{LEADER_SLOT}'"
+    );
     let mut next = Instant::now();
     while child.try_wait().expect("wait for pgbench").is_none() {
+        if attached == Attached::Walship {
+            if let Some(lags) = stage_lags(c.leader_admin) {
+                for (samples, lag) in stages.iter_mut().zip(lags) {
+                    samples.push(lag);
+                }
+            }
+            unlogged_wal.extend(c.on_leader.value(&unlogged).and_then(|v| v.parse::<f64>().ok()));
+        }
         if let Some((conn, sql)) = own {
             own_lag.extend(conn.value(sql).and_then(|v| v.parse::<f64>().ok()));
         }
@@ -157,7 +214,7 @@ fn pgbench_run(c: &Cluster, seconds: u64, attached: Attached) -> PgbenchRun {
         let fingerprint = fingerprint();
         assert_eq!(follower.value(&fingerprint), c.on_leader.value(&fingerprint), "pgbench tables differ");
     }
-    PgbenchRun { attached, tps, transactions, own_lag, history_lag, drained, cpu, others }
+    PgbenchRun { attached, tps, transactions, own_lag, history_lag, drained, cpu, others, stages, unlogged_wal }
 }
 
 /// The processes doing the consumer's work, on both sides.

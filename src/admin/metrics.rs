@@ -60,6 +60,10 @@ fn describe() {
     describe_counter!(RELAY_ENTRIES_SENT_TOTAL, "entries sent to each follower");
     describe_counter!(RELAY_BYTES_SENT_TOTAL, Unit::Bytes, "payload bytes sent to each follower");
     describe_counter!(REPLAY_ENTRIES_APPLIED_TOTAL, "entries replayed into this node's PostgreSQL");
+    describe_counter!(
+        crate::apply::REPLAY_ROWS_TOTAL,
+        "rows replay sent to this node's PostgreSQL, by method: row (one statement each), copy, set (set-based)"
+    );
     describe_gauge!(SLOT_RETAINED_WAL_BYTES, Unit::Bytes, "WAL the leader's replication slot holds back");
     describe_gauge!(SEED_TABLES_DONE, "tables of the snapshot loaded so far");
     describe_gauge!(SEED_ROWS, "rows of the snapshot loaded so far");

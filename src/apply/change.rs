@@ -101,6 +101,21 @@ pub(super) fn plan(
     Ok(())
 }
 
+/// The values of an inserted row as parameters, in the leader's column order.
+pub(super) fn insert_params(meta: &TableMeta, payload: &Bytes, new: Tuple<'_>) -> Result<Vec<TextParam>, String> {
+    if new.len() != meta.columns.len() {
+        return Err(format!("an insert of {} values for {} columns", new.len(), meta.columns.len()));
+    }
+    new.values()
+        .map(|value| match value {
+            Value::Null => Ok(TextParam(None)),
+            Value::Text(text) => Ok(TextParam(Some(payload.slice_ref(text)))),
+            Value::UnchangedToast => Err("an unchanged TOAST value in an insert".into()),
+            Value::Binary(_) => Err("binary tuple values (the stream must use text values)".into()),
+        })
+        .collect()
+}
+
 fn set_value(payload: &Bytes, value: Value<'_>, params: &mut Vec<TextParam>) -> Result<u8, PlanError> {
     match value {
         Value::UnchangedToast => return Ok(0),

@@ -1,8 +1,8 @@
 //! Consecutive inserts into one table, gathered into one `COPY ... FROM STDIN` (text format).
 //!
 //! A batch may span several entries of the open transaction (they commit together, so each
-//! stays atomic); it is sent when a change of another kind or table comes, when it holds
-//! [`COPY_BATCH_BYTES`], and at commit, so a huge entry passes in bounded memory. The batch
+//! stays atomic); it is sent when its run ends (see `run`) and whenever it holds
+//! [`COPY_BATCH_BYTES`], so a huge entry passes in bounded memory. The batch
 //! remembers at which line each entry's rows start, to name the entry a failing row belongs
 //! to.
 
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio_postgres::Statement;
 
+use super::change::TextParam;
 use super::table::TableMeta;
 use crate::lsn::EntryId;
 use crate::source::pgoutput::{Tuple, Value};
@@ -22,6 +23,7 @@ pub const COPY_BATCH_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub(super) struct CopyContext {
     pub meta: Arc<TableMeta>,
+    pub rows: u64,
     /// `(first line, entry)` for every entry with rows in the batch, lines counted from 1.
     pub entries: Vec<(u64, EntryId)>,
 }
@@ -44,11 +46,6 @@ pub(super) struct CopyBatch {
 }
 
 impl CopyBatch {
-    /// The leader relation id of the open batch.
-    pub fn rel_id(&self) -> Option<u32> {
-        self.target.as_ref().map(|(rel_id, _, _)| *rel_id)
-    }
-
     /// Opens a batch; the previous one must have been taken.
     pub fn start(&mut self, rel_id: u32, meta: Arc<TableMeta>, statement: Statement) {
         self.clear();
@@ -57,17 +54,7 @@ impl CopyBatch {
 
     /// Appends one row in COPY text format; an error says why the tuple cannot be one.
     pub fn push_row(&mut self, entry: EntryId, tuple: Tuple<'_>) -> Result<(), String> {
-        let Some((_, meta, _)) = &self.target else {
-            return Err("insert into no open COPY batch".into());
-        };
-        if tuple.len() != meta.columns.len() {
-            let (got, want) = (tuple.len(), meta.columns.len());
-            return Err(format!("an insert of {got} values for {want} columns"));
-        }
-        self.rows += 1;
-        if self.entries.last().is_none_or(|&(_, last)| last != entry) {
-            self.entries.push((self.rows, entry));
-        }
+        self.start_row(entry, tuple.len())?;
         for (i, value) in tuple.values().enumerate() {
             if i > 0 {
                 self.data.extend_from_slice(b"\t");
@@ -83,19 +70,50 @@ impl CopyBatch {
         Ok(())
     }
 
+    /// Appends one row given as the values of a one-row insert.
+    pub fn push_params(&mut self, entry: EntryId, params: &[TextParam]) -> Result<(), String> {
+        self.start_row(entry, params.len())?;
+        for (i, param) in params.iter().enumerate() {
+            if i > 0 {
+                self.data.extend_from_slice(b"\t");
+            }
+            match &param.0 {
+                None => self.data.extend_from_slice(b"\\N"),
+                Some(text) => push_escaped(&mut self.data, text),
+            }
+        }
+        self.data.extend_from_slice(b"\n");
+        Ok(())
+    }
+
+    fn start_row(&mut self, entry: EntryId, values: usize) -> Result<(), String> {
+        let Some((_, meta, _)) = &self.target else {
+            return Err("insert into no open COPY batch".into());
+        };
+        if values != meta.columns.len() {
+            return Err(format!("an insert of {values} values for {} columns", meta.columns.len()));
+        }
+        self.rows += 1;
+        if self.entries.last().is_none_or(|&(_, last)| last != entry) {
+            self.entries.push((self.rows, entry));
+        }
+        Ok(())
+    }
+
     pub fn is_full(&self) -> bool {
         self.data.len() >= COPY_BATCH_BYTES
     }
 
-    /// Closes the batch: its statement, data and context, if it holds rows.
+    /// The batch's statement, data and context, if it holds rows; the batch stays open for
+    /// more rows of the same table.
     pub fn take(&mut self) -> Option<(Statement, Bytes, CopyContext)> {
-        let (_, meta, statement) = self.target.take()?;
+        let (_, meta, statement) = self.target.as_ref()?;
         if self.rows == 0 {
             return None;
         }
+        let context = CopyContext { meta: meta.clone(), rows: self.rows, entries: std::mem::take(&mut self.entries) };
         self.rows = 0;
-        let context = CopyContext { meta, entries: std::mem::take(&mut self.entries) };
-        Some((statement, self.data.split().freeze(), context))
+        Some((statement.clone(), self.data.split().freeze(), context))
     }
 
     pub fn clear(&mut self) {
@@ -148,7 +166,10 @@ mod tests {
                 display: String::new(),
                 partitioned: false,
                 columns: Vec::new(),
+                unique_key: false,
+                ordered: false,
             }),
+            rows: 5,
             entries: vec![(1, id(7)), (4, id(8)), (5, id(9))],
         };
         assert_eq!(context.entry_of_line(0), None);

@@ -72,6 +72,14 @@ pub enum ApplyError {
     #[error("apply: {0} needs the open apply transaction to be committed first")]
     TransactionOpen(&'static str),
 
+    /// A change of entries `first..=last` failed while they were applied in batches or out
+    /// of log order: a set-based statement failed or touched other rows than its batch
+    /// names, or a change failed that may not be the first to fail. The transaction is
+    /// rolled back; applying the same records again strictly in order
+    /// ([`super::Applier::strict_through`]) stops at the first change that fails, naming it.
+    #[error("apply of entries {first}..{last} in batches failed on table {table}: {reason}; replay them in strict order to find the change")]
+    Batched { first: EntryId, last: EntryId, table: String, reason: String },
+
     /// The entry's bytes do not decode, or break the entry format's rules.
     #[error("apply: malformed entry {entry}: {reason}")]
     Malformed { entry: EntryId, reason: String },
@@ -86,6 +94,7 @@ impl ApplyError {
             ApplyError::SchemaTooNew { .. } | ApplyError::Divergence { .. } | ApplyError::ProgressMoved { .. } => {
                 ErrorClass::Operator
             }
+            ApplyError::Batched { .. } => ErrorClass::Retry,
             // The caller's bugs or a broken log: continuing could skip or repeat an entry.
             ApplyError::AlreadyApplied { .. }
             | ApplyError::OutOfOrder { .. }

@@ -25,8 +25,15 @@
 //! database defaults to read-only (see [`Applier::set_read_only`]). Setting
 //! `session_replication_role` takes a superuser (or, from PostgreSQL 15, `GRANT SET ON
 //! PARAMETER session_replication_role`). Tables are mapped by name, values travel as text
-//! (see `table`, `statement`). Inserts go by COPY (`copy`); updates and deletes by prepared
-//! statements, pipelined (`pipeline`).
+//! (see `table`, `statement`). Consecutive changes of one kind to one table form runs
+//! (`run`): a short run goes as one-row prepared statements, pipelined (`pipeline`); a long
+//! one in bulk, inserts by COPY (`copy`), updates and deletes as set-based statements (`set`)
+//! whose row counts are checked; runs of different tables are open side by side, so their
+//! changes may reach the database out of log order (each table's stay in order). A
+//! set-based statement that fails or counts wrong cannot say which of its rows is at fault,
+//! and a failure out of log order may not be the first: the caller then applies the same
+//! records again strictly in order (see [`ApplyError::Batched`]), which stops at the first
+//! change that fails, if any, naming it.
 //!
 //! Values are read with the follower's input functions, so the leader's text output must be
 //! unambiguous: the replication connection should use `DateStyle = ISO`, `IntervalStyle =
@@ -40,6 +47,8 @@ mod migrate;
 mod pipeline;
 mod progress;
 mod replay;
+mod run;
+mod set;
 mod statement;
 mod table;
 
@@ -50,20 +59,39 @@ use tracing::{debug, warn};
 
 use crate::log::entry::{self, EntryKind};
 use crate::log::{Record, RecordKind};
-use crate::lsn::EntryId;
-use copy::CopyBatch;
+use crate::lsn::{EntryId, Index};
 use error::pg;
 use pipeline::{Check, Op, Pipeline};
+use run::Runs;
 use table::Tables;
 
 pub use copy::COPY_BATCH_BYTES;
 pub use error::{ApplyError, KEY_DISPLAY_CHARS};
 pub use pipeline::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use progress::AppliedPosition;
+pub use run::{BULK_MIN_ROWS, MAX_OPEN_RUNS};
+pub use set::SET_BATCH_ROWS;
 pub use table::MAX_SHAPES_PER_TABLE;
 
-/// Settings of the apply session, in the order they are set.
+/// Rows sent to PostgreSQL by replay, by `method`: `row` (one statement each), `copy`,
+/// `set` (set-based updates and deletes). Prometheus counter.
+pub const REPLAY_ROWS_TOTAL: &str = "walship_replay_rows_total";
+
+/// Rows sent to PostgreSQL by each method, counted as they are sent (a rolled-back
+/// transaction's rows count again when they are applied again).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RowsSent {
+    pub row: u64,
+    pub copy: u64,
+    pub set: u64,
+}
+
+/// Settings of the apply session, in the order they are set. Generic plans suit every apply
+/// statement (a row found by its key, or a batch of keys joined with the table through its
+/// unique index) and save planning at each execution; a custom plan for a large batch could
+/// scan the whole table instead.
 pub(crate) const SESSION_SETUP: &str = "SET session_replication_role = replica; \
+     SET plan_cache_mode = force_generic_plan; \
      SET default_transaction_read_only = off; \
      SET default_transaction_isolation = 'read committed'; \
      SET search_path = ''; \
@@ -79,9 +107,21 @@ pub struct Applier {
     progress: Statement,
     tables: Tables,
     pipeline: Pipeline,
-    copy: CopyBatch,
+    /// The changes being gathered per table, and their bulk batches (see `run`).
+    runs: Runs,
+    /// Entries up to this one are replayed strictly in log order, none set-based (see
+    /// [`ApplyError::Batched`]).
+    strict_through: Option<Index>,
+    /// The first and the last entry with records in the open transaction.
+    txn_entries: Option<(EntryId, EntryId)>,
+    /// Changes of the open transaction may reach the database in another order than the
+    /// log's, or several in one statement: an error cannot name the first change at fault.
+    reordered: bool,
     /// Scratch for the shape of the current update or delete.
     shape: Vec<u8>,
+    rows_sent: RowsSent,
+    /// What of `rows_sent` the Prometheus counters have.
+    rows_published: RowsSent,
     /// The last entry committed to the database.
     committed: Option<AppliedPosition>,
     /// The last entry applied in the open transaction, committed with it.
@@ -107,7 +147,12 @@ impl Applier {
             progress,
             tables: Tables::default(),
             pipeline: Pipeline::default(),
-            copy: CopyBatch::default(),
+            runs: Runs::default(),
+            strict_through: None,
+            txn_entries: None,
+            reordered: false,
+            rows_sent: RowsSent::default(),
+            rows_published: RowsSent::default(),
             shape: Vec::new(),
             committed: None,
             staged: None,
@@ -125,6 +170,23 @@ impl Applier {
             self.committed = self.read_progress().await?;
         }
         Ok(self.committed)
+    }
+
+    /// Replays the changes of entries up to `through` strictly in log order and never
+    /// set-based: after an [`ApplyError::Batched`], so that applying the same records again
+    /// stops at the first change that fails, naming it.
+    pub fn strict_through(&mut self, through: Option<Index>) {
+        self.strict_through = through;
+    }
+
+    /// The entry's changes are replayed strictly in log order.
+    fn is_strict(&self, entry: EntryId) -> bool {
+        self.strict_through.is_some_and(|through| entry.index <= through)
+    }
+
+    /// Rows sent so far, by method.
+    pub fn rows_sent(&self) -> RowsSent {
+        self.rows_sent
     }
 
     /// A database transaction is open: records were applied since the last commit.
@@ -155,7 +217,9 @@ impl Applier {
         match self.commit_open().await {
             Ok(()) => {
                 self.in_transaction = false;
+                self.txn_entries = None;
                 self.committed = self.staged.take().or(self.committed);
+                self.publish_rows_sent();
                 Ok(self.committed)
             }
             Err(error) => Err(self.abort(error).await),
@@ -182,6 +246,18 @@ impl Applier {
             format!("ALTER DATABASE {database} RESET default_transaction_read_only")
         };
         self.client.batch_execute(&sql).await.map_err(pg("set the database read-only"))
+    }
+
+    fn publish_rows_sent(&mut self) {
+        let (now, before) = (self.rows_sent, self.rows_published);
+        for (method, delta) in
+            [("row", now.row - before.row), ("copy", now.copy - before.copy), ("set", now.set - before.set)]
+        {
+            if delta > 0 {
+                metrics::counter!(REPLAY_ROWS_TOTAL, "method" => method).increment(delta);
+            }
+        }
+        self.rows_published = now;
     }
 
     async fn read_progress(&mut self) -> Result<Option<AppliedPosition>, ApplyError> {
@@ -218,7 +294,11 @@ impl Applier {
             let op = Op::execute(&self.client, self.begin.clone(), Vec::<String>::new(), check);
             self.pipeline.push(op).await?;
             self.in_transaction = true;
+            self.reordered = false;
+            self.txn_entries = None;
         }
+        let first = self.txn_entries.map_or(id, |(first, _)| first);
+        self.txn_entries = Some((first, id));
         if record.kind == RecordKind::Chunk {
             self.partial = Some(id);
             return self.apply_items(id, &record.payload, entry::chunk_items(&record.payload)).await;
@@ -234,7 +314,7 @@ impl Applier {
     }
 
     async fn commit_open(&mut self) -> Result<(), ApplyError> {
-        self.flush_copy().await?;
+        self.end_runs().await?;
         let entry = self.staged.map(|s| s.id);
         if let Some(position) = &self.staged {
             let expected = self.committed.map(|c| c.id);
@@ -259,8 +339,11 @@ impl Applier {
             Err(first) => first,
             Ok(()) => error,
         };
+        let error = self.in_log_order(error);
         self.pipeline.clear();
-        self.copy.clear();
+        self.runs.clear();
+        self.txn_entries = None;
+        self.reordered = false;
         self.tables.clear();
         self.partial = None;
         self.staged = None;
@@ -271,6 +354,27 @@ impl Applier {
             }
         }
         error
+    }
+}
+
+impl Applier {
+    /// An error of a change in a transaction whose changes went out of log order or in
+    /// batches says neither which change failed first nor which one: it becomes
+    /// [`ApplyError::Batched`], which asks for the same entries again in strict order.
+    fn in_log_order(&self, error: ApplyError) -> ApplyError {
+        let Some((first, last)) = self.txn_entries else { return error };
+        if !self.reordered || self.is_strict(last) {
+            return error;
+        }
+        match error {
+            ApplyError::Divergence { ref table, .. } | ApplyError::Batched { ref table, .. } => {
+                ApplyError::Batched { first, last, table: table.clone(), reason: error.to_string() }
+            }
+            ApplyError::Change { .. } => {
+                ApplyError::Batched { first, last, table: String::new(), reason: error.to_string() }
+            }
+            other => other,
+        }
     }
 }
 

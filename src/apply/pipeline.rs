@@ -31,6 +31,7 @@ use tokio_postgres::{Client, Statement};
 use super::change::{key_from_detail, key_text};
 use super::copy::CopyContext;
 use super::error::{db_reason, is_divergence, ApplyError};
+use super::set::SetContext;
 use super::table::TableMeta;
 use crate::lsn::EntryId;
 
@@ -63,6 +64,13 @@ pub(super) enum Check {
         message: Bytes,
     },
     Copy(CopyContext),
+    /// A one-row insert.
+    Insert {
+        entry: EntryId,
+        meta: Arc<TableMeta>,
+    },
+    /// A set-based update or delete, which must touch exactly one row per row of its batch.
+    Set(SetContext),
     /// The progress update, which must touch its row.
     Progress {
         expected: Option<EntryId>,
@@ -193,9 +201,27 @@ impl Pipeline {
 
 fn check(check: Check, result: Result<u64, tokio_postgres::Error>) -> Result<(), ApplyError> {
     match (check, result) {
-        (Check::OneRow { .. } | Check::Progress { .. }, Ok(1)) | (Check::Statement { .. } | Check::Copy(_), Ok(_)) => {
-            Ok(())
+        (Check::OneRow { .. } | Check::Progress { .. }, Ok(1))
+        | (Check::Statement { .. } | Check::Copy(_) | Check::Insert { .. }, Ok(_)) => Ok(()),
+        (Check::Set(context), Ok(rows)) if rows == context.rows => Ok(()),
+        (Check::Set(context), Ok(rows)) => {
+            let reason = format!("{rows} rows matched the batch's {}", context.rows);
+            Err(set_error(context, reason))
         }
+        (Check::Set(context), Err(source)) => {
+            let reason = db_reason(&source);
+            Err(set_error(context, reason))
+        }
+        (Check::Insert { entry, meta }, Err(source)) => Err(if is_divergence(&source) {
+            ApplyError::Divergence {
+                entry,
+                table: meta.display.clone(),
+                key: source.as_db_error().and_then(|db| db.detail()).map(key_from_detail).unwrap_or_default(),
+                reason: db_reason(&source),
+            }
+        } else {
+            ApplyError::Change { entry, what: format!("insert into {}", meta.display), source }
+        }),
         (Check::Progress { expected }, Ok(_)) => Err(ApplyError::ProgressMoved { expected }),
         (Check::Progress { .. }, Err(source)) => Err(ApplyError::Postgres { what: "record progress", source }),
         (Check::OneRow { entry, meta, message }, Ok(rows)) => Err(ApplyError::Divergence {
@@ -238,6 +264,11 @@ fn copy_error(context: CopyContext, source: tokio_postgres::Error) -> ApplyError
         };
     }
     ApplyError::Change { entry, what: format!("insert into {}", context.meta.display), source }
+}
+
+fn set_error(context: SetContext, reason: String) -> ApplyError {
+    let SetContext { meta, first, last, .. } = context;
+    ApplyError::Batched { first, last, table: meta.display.clone(), reason }
 }
 
 fn statement_error(entry: Option<EntryId>, what: &'static str, source: tokio_postgres::Error) -> ApplyError {

@@ -1,10 +1,12 @@
-//! The pgoutput messages of an entry, each turned into statements on the open transaction.
+//! The pgoutput messages of an entry, each turned into statements on the open transaction,
+//! gathered into runs (see `run`).
 
 use bytes::Bytes;
 
 use super::change::{self, PlanError, TextParam};
 use super::error::ApplyError;
 use super::pipeline::{Check, Op};
+use super::run::{Held, Mode, Run, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
 use super::statement;
 use super::Applier;
 use crate::log::entry::Items;
@@ -38,14 +40,12 @@ impl Applier {
             Message::Relation(relation) => {
                 let message = payload.slice_ref(item);
                 if !self.tables.is_current(relation.rel_id, &message) {
-                    if self.copy.rel_id() == Some(relation.rel_id) {
-                        self.flush_copy().await?;
-                    }
+                    self.end_runs().await?;
                     self.tables.relation(&self.client, &mut self.pipeline, entry, &relation, &message).await?;
                 }
                 Ok(())
             }
-            Message::Insert { rel_id, new } => self.insert(entry, rel_id, new).await,
+            Message::Insert { rel_id, new } => self.insert(entry, payload, item, rel_id, new).await,
             Message::Update { rel_id, old, new } => self.change(entry, payload, item, rel_id, old, Some(new)).await,
             Message::Delete { rel_id, old } => self.change(entry, payload, item, rel_id, Some(old), None).await,
             Message::Truncate { options, rel_ids } => self.truncate(entry, options, rel_ids).await,
@@ -57,17 +57,26 @@ impl Applier {
         }
     }
 
-    async fn insert(&mut self, entry: EntryId, rel_id: u32, new: Tuple<'_>) -> Result<(), ApplyError> {
-        if self.copy.rel_id() != Some(rel_id) {
-            self.flush_copy().await?;
-            let (meta, statement) = self.tables.copy(&self.client, &mut self.pipeline, entry, rel_id).await?;
-            self.copy.start(rel_id, meta, statement);
+    async fn insert(
+        &mut self,
+        entry: EntryId,
+        payload: &Bytes,
+        item: &[u8],
+        rel_id: u32,
+        new: Tuple<'_>,
+    ) -> Result<(), ApplyError> {
+        let at = self.run_for(entry, rel_id, RunKind::Insert, None).await?;
+        let run = &mut self.runs.open[at];
+        if run.mode == Mode::Copy {
+            run.copy.push_row(entry, new).map_err(|reason| malformed(entry, reason))?;
+            if run.copy.is_full() {
+                self.flush_copy(at).await?;
+            }
+            return Ok(());
         }
-        self.copy.push_row(entry, new).map_err(|reason| malformed(entry, reason))?;
-        if self.copy.is_full() {
-            self.flush_copy().await?;
-        }
-        Ok(())
+        let meta = &self.tables.get(entry, rel_id)?.meta;
+        let params = change::insert_params(meta, payload, new).map_err(|reason| malformed(entry, reason))?;
+        self.add_row(at, Held { entry, payload: payload.clone(), message: payload.slice_ref(item), params }).await
     }
 
     /// An update (`new` given) or a delete.
@@ -80,7 +89,6 @@ impl Applier {
         old: Option<OldTuple<'_>>,
         new: Option<Tuple<'_>>,
     ) -> Result<(), ApplyError> {
-        self.flush_copy().await?;
         let mut params: Vec<TextParam> = Vec::new();
         let meta = &self.tables.get(entry, rel_id)?.meta;
         if let Err(error) = change::plan(meta, payload, old, new, &mut self.shape, &mut params) {
@@ -94,17 +102,174 @@ impl Applier {
                 PlanError::Malformed(reason) => malformed(entry, reason),
             });
         }
-        let (meta, statement) =
-            self.tables.statement(&self.client, &mut self.pipeline, entry, rel_id, &self.shape).await?;
-        let message = payload.slice_ref(item);
-        let bytes = self.pipeline.buffer_bytes(payload);
-        let check = Check::OneRow { entry, meta, message };
-        let op = Op::execute(&self.client, statement, params, check).keeping(bytes);
-        self.pipeline.push(op).await
+        let kind = RunKind::Change { shape: self.shape.clone() };
+        let at = self.run_for(entry, rel_id, kind, Some(&params)).await?;
+        self.add_row(at, Held { entry, payload: payload.clone(), message: payload.slice_ref(item), params }).await
+    }
+
+    /// The position of the table's open run of this kind, which has room for a change with
+    /// these key `params`: the table's run of another kind or with that key ended, and every
+    /// other run ended when order across tables must be kept.
+    async fn run_for(
+        &mut self,
+        entry: EntryId,
+        rel_id: u32,
+        kind: RunKind,
+        params: Option<&[TextParam]>,
+    ) -> Result<usize, ApplyError> {
+        let ordered = self.tables.get(entry, rel_id)?.meta.ordered;
+        if ordered || self.is_strict(entry) || self.runs.others_ordered(rel_id) {
+            self.end_runs_but(rel_id).await?;
+        }
+        if let Some(at) = self.runs.find(rel_id) {
+            let run = &mut self.runs.open[at];
+            let same = match (&kind, params) {
+                (RunKind::Change { shape }, Some(params)) => run.is_change(shape) && run.add_key(params),
+                _ => run.is_insert(),
+            };
+            if same {
+                return Ok(at);
+            }
+            let run = self.runs.open.remove(at);
+            self.send_run(run).await?;
+        }
+        if self.runs.open.len() >= MAX_OPEN_RUNS {
+            self.end_runs().await?;
+        }
+        // Rows of this run may now go out before those of runs opened earlier.
+        self.reordered |= !self.runs.open.is_empty();
+        let mut run = Run::new(rel_id, kind, ordered);
+        if let Some(params) = params {
+            run.add_key(params);
+        }
+        self.runs.open.push(run);
+        Ok(self.runs.open.len() - 1)
+    }
+
+    /// Adds a row to the run at `at`, as its mode says.
+    async fn add_row(&mut self, at: usize, row: Held) -> Result<(), ApplyError> {
+        let run = &mut self.runs.open[at];
+        match run.mode {
+            Mode::RowByRow => {
+                let (rel_id, kind) = (run.rel_id, run.kind.clone());
+                self.send_row(rel_id, &kind, row).await
+            }
+            Mode::Holding => {
+                run.held.push(row);
+                if run.held.len() >= BULK_MIN_ROWS {
+                    self.go_bulk(at).await?;
+                }
+                Ok(())
+            }
+            Mode::Set => {
+                run.set.push(row.entry, &row.params).map_err(|reason| malformed(row.entry, reason))?;
+                if run.set.is_full() {
+                    self.flush_set(at).await?;
+                }
+                Ok(())
+            }
+            Mode::Copy => Err(malformed(row.entry, "a held row in a COPY run".into())),
+        }
+    }
+
+    /// The run at `at` is long enough for bulk: moves its held rows into a COPY or set-based
+    /// batch, or sends them row by row when its shape cannot go set-based or replay is strict.
+    async fn go_bulk(&mut self, at: usize) -> Result<(), ApplyError> {
+        let run = &self.runs.open[at];
+        let Some(first) = run.held.first().map(|row| row.entry) else { return Ok(()) };
+        let (rel_id, kind) = (run.rel_id, run.kind.clone());
+        let set = match kind {
+            _ if self.is_strict(first) && kind != RunKind::Insert => None,
+            RunKind::Insert => {
+                let (meta, statement) = self.tables.copy(&self.client, &mut self.pipeline, first, rel_id).await?;
+                let run = &mut self.runs.open[at];
+                run.copy.start(rel_id, meta, statement);
+                for row in std::mem::take(&mut run.held) {
+                    run.copy.push_params(row.entry, &row.params).map_err(|reason| malformed(row.entry, reason))?;
+                }
+                run.mode = Mode::Copy;
+                return Ok(());
+            }
+            RunKind::Change { shape } => {
+                self.tables.set_statement(&self.client, &mut self.pipeline, first, rel_id, &shape).await?
+            }
+        };
+        let run = &mut self.runs.open[at];
+        let Some((meta, statement, delimiters)) = set else {
+            run.mode = Mode::RowByRow;
+            let (rel_id, kind, held) = (run.rel_id, run.kind.clone(), std::mem::take(&mut run.held));
+            for row in held {
+                self.send_row(rel_id, &kind, row).await?;
+            }
+            return Ok(());
+        };
+        run.set.start(meta, statement, delimiters);
+        for row in std::mem::take(&mut run.held) {
+            run.set.push(row.entry, &row.params).map_err(|reason| malformed(row.entry, reason))?;
+        }
+        run.mode = Mode::Set;
+        self.reordered = true;
+        Ok(())
+    }
+
+    /// Sends every open run, in the order they were opened.
+    pub(super) async fn end_runs(&mut self) -> Result<(), ApplyError> {
+        for run in std::mem::take(&mut self.runs.open) {
+            self.send_run(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every open run but the table's.
+    async fn end_runs_but(&mut self, rel_id: u32) -> Result<(), ApplyError> {
+        if self.runs.open.iter().all(|run| run.rel_id == rel_id) {
+            return Ok(());
+        }
+        let (keep, send): (Vec<Run>, Vec<Run>) =
+            std::mem::take(&mut self.runs.open).into_iter().partition(|run| run.rel_id == rel_id);
+        self.runs.open = keep;
+        for run in send {
+            self.send_run(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a run's rows, wherever they are.
+    async fn send_run(&mut self, mut run: Run) -> Result<(), ApplyError> {
+        for row in std::mem::take(&mut run.held) {
+            self.send_row(run.rel_id, &run.kind, row).await?;
+        }
+        if let Some((statement, data, context)) = run.copy.take() {
+            self.rows_sent.copy += context.rows;
+            self.pipeline.push(Op::copy(&self.client, statement, data, context)).await?;
+        }
+        if let Some((statement, params, context)) = run.set.take() {
+            self.push_set(statement, params, context).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one row of a run alone: a one-row insert, update or delete.
+    async fn send_row(&mut self, rel_id: u32, kind: &RunKind, row: Held) -> Result<(), ApplyError> {
+        let Held { entry, payload, message, params } = row;
+        self.rows_sent.row += 1;
+        let bytes = self.pipeline.buffer_bytes(&payload);
+        let op = match kind {
+            RunKind::Insert => {
+                let (meta, statement) = self.tables.insert(&self.client, &mut self.pipeline, entry, rel_id).await?;
+                Op::execute(&self.client, statement, params, Check::Insert { entry, meta })
+            }
+            RunKind::Change { shape } => {
+                let (meta, statement) =
+                    self.tables.statement(&self.client, &mut self.pipeline, entry, rel_id, shape).await?;
+                Op::execute(&self.client, statement, params, Check::OneRow { entry, meta, message })
+            }
+        };
+        self.pipeline.push(op.keeping(bytes)).await
     }
 
     async fn truncate(&mut self, entry: EntryId, options: u8, rel_ids: RelIds<'_>) -> Result<(), ApplyError> {
-        self.flush_copy().await?;
+        self.end_runs().await?;
         let mut tables = Vec::with_capacity(rel_ids.len());
         for rel_id in rel_ids {
             tables.push(self.tables.get(entry, rel_id)?.meta.sql_name.as_str());
@@ -114,15 +279,31 @@ impl Applier {
         self.pipeline.push(Op::simple(&self.client, sql, check)).await
     }
 
-    /// Sends the open COPY batch, if any.
-    pub(super) async fn flush_copy(&mut self) -> Result<(), ApplyError> {
-        match self.copy.take() {
-            Some((statement, data, context)) => {
-                let op = Op::copy(&self.client, statement, data, context);
-                self.pipeline.push(op).await
-            }
-            None => Ok(()),
-        }
+    /// Sends the COPY batch of the run at `at`, which stays open.
+    async fn flush_copy(&mut self, at: usize) -> Result<(), ApplyError> {
+        let Some((statement, data, context)) = self.runs.open[at].copy.take() else { return Ok(()) };
+        self.rows_sent.copy += context.rows;
+        self.pipeline.push(Op::copy(&self.client, statement, data, context)).await
+    }
+
+    /// Sends the set-based batch of the run at `at`, which stays open.
+    async fn flush_set(&mut self, at: usize) -> Result<(), ApplyError> {
+        let run = &mut self.runs.open[at];
+        let Some((statement, params, context)) = run.set.take() else { return Ok(()) };
+        run.clear_keys();
+        self.push_set(statement, params, context).await
+    }
+
+    async fn push_set(
+        &mut self,
+        statement: tokio_postgres::Statement,
+        params: Vec<TextParam>,
+        context: super::set::SetContext,
+    ) -> Result<(), ApplyError> {
+        self.rows_sent.set += context.rows;
+        let bytes = params.iter().filter_map(|p| p.0.as_ref()).map(Bytes::len).sum();
+        let op = Op::execute(&self.client, statement, params, Check::Set(context)).keeping(bytes);
+        self.pipeline.push(op).await
     }
 }
 

@@ -21,12 +21,30 @@
 //! compare the wrong thing; an assignment checks the column's typmod and fails instead).
 //! Comparing `col = $n` or `col IS NULL` per value is `IS NOT DISTINCT FROM` with the null
 //! case chosen by the shape, which keeps the condition usable by an index.
+//!
+//! A run of updates or deletes of one shape can instead go as one *set-based* statement,
+//! which joins the table with the run's rows, passed as one array per parameter:
+//!
+//! ```text
+//! UPDATE "s"."t" AS t SET "v" = s.p1 FROM (SELECT unnest($1) AS p1, unnest($2) AS p2) AS s
+//!     WHERE t."id" = s.p2
+//! DELETE FROM "s"."t" AS t USING (SELECT unnest($1) AS p1) AS s WHERE t."id" = s.p1
+//! ```
+//!
+//! (The arrays are unnested in the select list, where they advance together, and not as
+//! `unnest($1, $2)` in FROM, which would spread a composite element over several columns.)
+//!
+//! Each array is declared as the array type of its column's type, so the follower's input
+//! function of that type reads every element, as it reads a single parameter; a type without
+//! an array type (an array column) travels as `text[]` and is cast to the column's type. Only
+//! shapes that name their row by a key which the follower's unique index makes name one row
+//! at most, and that do not change the key, go set-based (see [`set_statement`]).
 
 use std::fmt::Write as _;
 
 use tokio_postgres::types::{Kind, Type};
 
-use super::table::TableMeta;
+use super::table::{ColumnMeta, TableMeta};
 use crate::source::pgoutput::{TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY};
 
 pub(super) const UPDATE: u8 = b'U';
@@ -162,4 +180,72 @@ pub(super) fn truncate_sql(tables: &[&str], options: u8) -> String {
         sql.push_str(" CASCADE");
     }
     sql
+}
+
+/// `INSERT INTO "s"."t" ("a", "b") VALUES ($1, $2)`: one row, parameters typed as the columns.
+pub(super) fn insert_sql(meta: &TableMeta) -> (String, Vec<Type>) {
+    let columns: Vec<&str> = meta.columns.iter().map(|c| c.ident.as_str()).collect();
+    let params: Vec<String> = (1..=columns.len()).map(|n| format!("${n}")).collect();
+    let sql = format!("INSERT INTO {} ({}) VALUES ({})", meta.sql_name, columns.join(", "), params.join(", "));
+    (sql, meta.columns.iter().map(|c| type_of(c.type_oid)).collect())
+}
+
+/// The set-based statement of a shape (see the module docs).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct SetStatement {
+    pub sql: String,
+    /// The declared array type of each parameter.
+    pub types: Vec<Type>,
+    /// The element delimiter of each parameter's array literal.
+    pub delimiters: Vec<u8>,
+}
+
+/// The set-based form of a shape, or `None` when its rows must go one statement each: the
+/// condition is the whole row, or compares NULL or text, the follower has no unique index
+/// on the key, an update assigns a key column or nothing at all.
+pub(super) fn set_statement(meta: &TableMeta, shape: &[u8]) -> Option<SetStatement> {
+    let [op, BY_KEY, columns @ ..] = shape else {
+        return None;
+    };
+    let pairs = || meta.columns.iter().zip(columns.iter().copied());
+    let set: Vec<&ColumnMeta> = pairs().filter(|(_, bits)| bits & SET != 0).map(|(c, _)| c).collect();
+    let keys: Vec<&ColumnMeta> = pairs().filter(|(_, bits)| bits & WHERE_ANY != 0).map(|(c, _)| c).collect();
+    let key_only = pairs().all(|(c, bits)| bits & (WHERE_TEXT | WHERE_NULL) == 0 && (bits & WHERE_EQ == 0 || c.key));
+    let assigns_key = set.iter().any(|c| c.key);
+    if !meta.unique_key || !key_only || keys.is_empty() || assigns_key || (*op == UPDATE) == set.is_empty() {
+        return None;
+    }
+    let mut sql = String::with_capacity(160);
+    let mut sources = String::with_capacity(64);
+    let (mut types, mut delimiters) = (Vec::new(), Vec::new());
+    for (n, column) in set.iter().chain(&keys).enumerate() {
+        let sep = if n == 0 { "" } else { ", " };
+        let _ = write!(sources, "{sep}unnest(${0}) AS p{0}", n + 1);
+        if column.array_oid != 0 {
+            types.push(type_of(column.array_oid));
+            delimiters.push(column.delimiter);
+        } else {
+            types.push(Type::TEXT_ARRAY);
+            delimiters.push(b',');
+        }
+    }
+    let value = |n: usize, column: &ColumnMeta| match column.array_oid {
+        0 => format!("s.p{n}::{}", column.type_name),
+        _ => format!("s.p{n}"),
+    };
+    if *op == UPDATE {
+        let _ = write!(sql, "UPDATE {} AS t SET ", meta.sql_name);
+        for (n, column) in set.iter().enumerate() {
+            let sep = if n == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}{} = {}", column.ident, value(n + 1, column));
+        }
+        let _ = write!(sql, " FROM (SELECT {sources}) AS s WHERE ");
+    } else {
+        let _ = write!(sql, "DELETE FROM {} AS t USING (SELECT {sources}) AS s WHERE ", meta.sql_name);
+    }
+    for (n, column) in keys.iter().enumerate() {
+        let sep = if n == 0 { "" } else { " AND " };
+        let _ = write!(sql, "{sep}t.{} = {}", column.ident, value(set.len() + n + 1, column));
+    }
+    Some(SetStatement { sql, types, delimiters })
 }

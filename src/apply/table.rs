@@ -24,8 +24,10 @@ use crate::source::pgoutput::{Relation, COLUMN_KEY};
 pub const MAX_SHAPES_PER_TABLE: usize = 64;
 
 /// The follower's columns of a table: `(partitioned, column name or NULL for a table without
-/// columns, whether the type has a default equality operator, type oid)`. Equality is looked for on the
-/// type under any domains and array levels, as PostgreSQL's type cache does.
+/// columns, whether the type has a default equality operator, type oid, its array type's oid
+/// or 0, the delimiter of its array literals, its name, whether the table has triggers that
+/// fire on a replica)`. Equality is looked for on the type
+/// under any domains and array levels, as PostgreSQL's type cache does.
 const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
  (WITH RECURSIVE walk(oid, depth) AS ( \
      SELECT a.atttypid, 0 \
@@ -42,11 +44,26 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
        WHEN 'm' THEN pg_catalog.to_regtype('anymultirange') \
        WHEN 'c' THEN pg_catalog.to_regtype('record') END)) \
   FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1), \
- a.atttypid \
+ a.atttypid, ty.typarray, ty.typdelim::text, pg_catalog.format_type(a.atttypid, NULL), \
+ EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal \
+   AND tg.tgenabled IN ('A', 'R')) \
  FROM pg_catalog.pg_class c \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+ LEFT JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
+
+/// The key columns of each of the follower table's unique indexes that holds for every row
+/// at every statement's end: not partial, not on expressions, not deferrable, valid.
+const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) \
+ FROM pg_catalog.pg_index i \
+ JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+ JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid \
+   AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) \
+ WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indimmediate AND i.indisvalid \
+   AND i.indpred IS NULL AND i.indexprs IS NULL \
+ GROUP BY i.indexrelid";
 
 /// What a change needs to know about its table; shared with the statements in flight.
 #[derive(Debug)]
@@ -59,9 +76,15 @@ pub(super) struct TableMeta {
     pub partitioned: bool,
     /// The leader's columns, in the leader's order, which is the order of tuple values.
     pub columns: Vec<ColumnMeta>,
+    /// The follower has a unique index on some of the leader's key columns: a key names at
+    /// most one row, so a set-based change of distinct keys touches one row per key.
+    pub unique_key: bool,
+    /// The follower table has triggers that fire in the apply session (`ENABLE ALWAYS` or
+    /// `ENABLE REPLICA`), which may see other tables: its changes keep their order with them.
+    pub ordered: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct ColumnMeta {
     pub name: String,
     /// The name quoted for SQL.
@@ -72,6 +95,14 @@ pub(super) struct ColumnMeta {
     pub has_eq: bool,
     /// The follower's type, which the column's statement parameters are declared as.
     pub type_oid: u32,
+    /// The array type of the follower's type (0: none, as for array columns), which the
+    /// column's arrays in set-based statements are declared as.
+    pub array_oid: u32,
+    /// The delimiter between elements of such an array literal (`,` but for `box`).
+    pub delimiter: u8,
+    /// The follower's type by name (without typmod), for a cast from `text` where it has no
+    /// array type.
+    pub type_name: String,
 }
 
 pub(super) struct Table {
@@ -80,7 +111,10 @@ pub(super) struct Table {
     message: Bytes,
     /// Update and delete statements by shape (see `statement`).
     statements: HashMap<Vec<u8>, Statement>,
+    /// Set-based statements by shape, `None` for shapes that cannot be set-based.
+    sets: HashMap<Vec<u8>, Option<(Statement, Vec<u8>)>>,
     copy: Option<Statement>,
+    insert: Option<Statement>,
 }
 
 /// The mapping of the leader's relation ids seen so far.
@@ -110,7 +144,14 @@ impl Tables {
         }
         pipeline.settle_copies().await?;
         let meta = resolve(client, entry, relation).await?;
-        let table = Table { meta: Arc::new(meta), message: message.clone(), statements: HashMap::new(), copy: None };
+        let table = Table {
+            meta: Arc::new(meta),
+            message: message.clone(),
+            statements: HashMap::new(),
+            sets: HashMap::new(),
+            copy: None,
+            insert: None,
+        };
         self.by_rel_id.insert(relation.rel_id, table);
         Ok(true)
     }
@@ -150,6 +191,54 @@ impl Tables {
         pipeline.settle_copies().await?;
         let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
         table.statements.insert(shape.to_vec(), prepared.clone());
+        Ok((table.meta.clone(), prepared))
+    }
+
+    /// The set-based statement of this shape and its parameters' element delimiters,
+    /// prepared on first use; `None` if the shape cannot go set-based.
+    pub async fn set_statement(
+        &mut self,
+        client: &Client,
+        pipeline: &mut Pipeline,
+        entry: EntryId,
+        rel_id: u32,
+        shape: &[u8],
+    ) -> Result<Option<(Arc<TableMeta>, Statement, Vec<u8>)>, ApplyError> {
+        let table = self.get_mut(entry, rel_id)?;
+        if let Some(found) = table.sets.get(shape) {
+            return Ok(found.clone().map(|(statement, delimiters)| (table.meta.clone(), statement, delimiters)));
+        }
+        if table.sets.len() >= MAX_SHAPES_PER_TABLE {
+            table.sets.clear();
+        }
+        let prepared = match statement::set_statement(&table.meta, shape) {
+            Some(set) => {
+                pipeline.settle_copies().await?;
+                let prepared = prepare(client, entry, &table.meta, &set.sql, &set.types).await?;
+                Some((prepared, set.delimiters))
+            }
+            None => None,
+        };
+        table.sets.insert(shape.to_vec(), prepared.clone());
+        Ok(prepared.map(|(statement, delimiters)| (table.meta.clone(), statement, delimiters)))
+    }
+
+    /// The one-row `INSERT` statement of a table, prepared on first use.
+    pub async fn insert(
+        &mut self,
+        client: &Client,
+        pipeline: &mut Pipeline,
+        entry: EntryId,
+        rel_id: u32,
+    ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
+        let table = self.get_mut(entry, rel_id)?;
+        if let Some(found) = &table.insert {
+            return Ok((table.meta.clone(), found.clone()));
+        }
+        let (sql, types) = statement::insert_sql(&table.meta);
+        pipeline.settle_copies().await?;
+        let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
+        table.insert = Some(prepared.clone());
         Ok((table.meta.clone(), prepared))
     }
 
@@ -199,53 +288,95 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
     let diverged =
         |reason: String| ApplyError::Divergence { entry, table: display.clone(), key: String::new(), reason };
     let lookup = follower_columns(client, namespace, relation.name).await;
-    let (partitioned, follower) =
+    let (table, follower) =
         lookup.map_err(|source| ApplyError::Change { entry, what: format!("look up table {display}"), source })?;
-    let Some(partitioned) = partitioned else {
+    let Some((partitioned, ordered)) = table else {
         return Err(diverged("the table does not exist on the follower".into()));
     };
     let mut columns = Vec::with_capacity(relation.column_count());
     for column in relation.columns() {
-        let Some(&(has_eq, type_oid)) = follower.get(column.name) else {
+        let Some(found) = follower.get(column.name) else {
             return Err(diverged(format!("column {} does not exist on the follower", column.name)));
         };
         columns.push(ColumnMeta {
             name: column.name.to_owned(),
             ident: quote_ident(column.name),
             key: column.flags & COLUMN_KEY != 0,
-            has_eq,
-            type_oid,
+            has_eq: found.has_eq,
+            type_oid: found.type_oid,
+            array_oid: found.array_oid,
+            delimiter: found.delimiter,
+            type_name: found.type_name.clone(),
         });
+    }
+    let unique = client.query(UNIQUE_SQL, &[&namespace, &relation.name]).await;
+    let unique = unique.map_err(|source| ApplyError::Change {
+        entry,
+        what: format!("look up the unique indexes of {display}"),
+        source,
+    })?;
+    let is_key = |name: &String| columns.iter().any(|c| c.key && c.name == *name);
+    let mut unique_key = false;
+    for row in &unique {
+        let names: Vec<String> = row.try_get(0).map_err(|source| ApplyError::Change {
+            entry,
+            what: format!("read the unique indexes of {display}"),
+            source,
+        })?;
+        unique_key |= !names.is_empty() && names.iter().all(is_key);
     }
     Ok(TableMeta {
         sql_name: format!("{}.{}", quote_ident(namespace), quote_ident(relation.name)),
         display,
         partitioned,
         columns,
+        unique_key,
+        ordered,
     })
 }
 
-/// The follower's columns by name: whether their types have equality, and the type.
-type FollowerColumns = HashMap<String, (bool, u32)>;
+/// What the follower's catalog says of one column.
+struct FollowerColumn {
+    has_eq: bool,
+    type_oid: u32,
+    array_oid: u32,
+    delimiter: u8,
+    type_name: String,
+}
 
-/// Whether the table is partitioned (`None`: no such table), and its columns.
+/// The follower's columns by name.
+type FollowerColumns = HashMap<String, FollowerColumn>;
+
+/// Whether the table is partitioned and has replica triggers (`None`: no such table), and its
+/// columns.
 async fn follower_columns(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<(Option<bool>, FollowerColumns), tokio_postgres::Error> {
+) -> Result<(Option<(bool, bool)>, FollowerColumns), tokio_postgres::Error> {
     let rows = client.query(COLUMNS_SQL, &[&namespace, &name]).await?;
-    let partitioned = rows.first().map(|row| row.try_get(0)).transpose()?;
+    let table = rows.first().map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(7)?)));
+    let table = table.transpose()?;
     let mut columns = HashMap::with_capacity(rows.len());
     for row in &rows {
         let name: Option<String> = row.try_get(1)?;
         let has_eq: Option<bool> = row.try_get(2)?;
         let type_oid: Option<u32> = row.try_get(3)?;
+        let array_oid: Option<u32> = row.try_get(4)?;
+        let delimiter: Option<String> = row.try_get(5)?;
+        let type_name: Option<String> = row.try_get(6)?;
         if let (Some(name), Some(type_oid)) = (name, type_oid) {
-            columns.insert(name, (has_eq.unwrap_or(false), type_oid));
+            let column = FollowerColumn {
+                has_eq: has_eq.unwrap_or(false),
+                type_oid,
+                array_oid: array_oid.unwrap_or(0),
+                delimiter: delimiter.and_then(|d| d.bytes().next()).unwrap_or(b','),
+                type_name: type_name.unwrap_or_default(),
+            };
+            columns.insert(name, column);
         }
     }
-    Ok((partitioned, columns))
+    Ok((table, columns))
 }
 
 /// An SQL identifier in double quotes, inner quotes doubled.

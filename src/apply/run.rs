@@ -1,0 +1,155 @@
+//! Runs: changes of one kind to one table, applied together.
+//!
+//! Inserts into one table form a run; so do updates (or deletes) of one table and one shape
+//! (see `statement`). A run's first rows are held back; a short run then goes row by row, as
+//! pipelined prepared statements, which is cheapest for a few rows. Once a run holds
+//! [`BULK_MIN_ROWS`] rows it goes in bulk: inserts by COPY (`copy`), updates and deletes by
+//! set-based statements (`set`) when their shape allows, else row by row.
+//!
+//! Each table has at most one open run. A change to a table whose open run is of another kind
+//! or shape, or repeats a key of it (a set-based batch has distinct keys; so that a run can
+//! go set-based, its held rows must too), ends that run first: per table, changes go out in
+//! log order. Runs of different tables stay open side by side until the commit, so that the
+//! interleaved changes of many small transactions (pgbench's: an update of three tables and
+//! an insert into a fourth) still make long runs. Changes to different tables commute: the
+//! apply session fires no foreign-key triggers (`session_replication_role = replica`). Where
+//! order across tables can matter it is kept: a table with triggers that fire on a replica,
+//! a truncate, a schema change, and replay in strict order (see [`super::ApplyError::Batched`])
+//! end every other run first.
+//!
+//! A run may span several entries of the open transaction: they commit together, so each
+//! stays atomic.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+
+use bytes::Bytes;
+
+use super::change::TextParam;
+use super::copy::CopyBatch;
+use super::set::SetBatch;
+use super::statement::SET;
+use crate::lsn::EntryId;
+
+/// A run goes in bulk once it holds this many rows.
+pub const BULK_MIN_ROWS: usize = 8;
+/// Most runs open at once; one more ends them all.
+pub const MAX_OPEN_RUNS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RunKind {
+    Insert,
+    /// Updates or deletes of one shape.
+    Change {
+        shape: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Rows are held until the run is long enough for bulk, or ends.
+    Holding,
+    /// Rows go out one statement each as they come.
+    RowByRow,
+    /// Rows go into the COPY batch.
+    Copy,
+    /// Rows go into the set-based batch.
+    Set,
+}
+
+/// One row of a run, as it would go out alone.
+pub(super) struct Held {
+    pub entry: EntryId,
+    /// The record buffer the parameters point into.
+    pub payload: Bytes,
+    /// The row's pgoutput message, to name its key in an error.
+    pub message: Bytes,
+    pub params: Vec<TextParam>,
+}
+
+pub(super) struct Run {
+    pub rel_id: u32,
+    pub kind: RunKind,
+    pub mode: Mode,
+    /// The table's changes must keep their order with other tables' (replica triggers).
+    pub ordered: bool,
+    pub held: Vec<Held>,
+    pub copy: CopyBatch,
+    pub set: SetBatch,
+    /// Hashes of the keys in the held rows or the set-based batch.
+    keys: HashSet<u64>,
+    hasher: RandomState,
+    /// Of a change run: how many leading parameters are assigned values, not the key.
+    set_params: usize,
+}
+
+impl Run {
+    pub fn new(rel_id: u32, kind: RunKind, ordered: bool) -> Run {
+        let set_params = match &kind {
+            RunKind::Change { shape } => {
+                shape.get(2..).unwrap_or_default().iter().filter(|&&bits| bits & SET != 0).count()
+            }
+            RunKind::Insert => 0,
+        };
+        Run {
+            rel_id,
+            kind,
+            mode: Mode::Holding,
+            ordered,
+            held: Vec::new(),
+            copy: CopyBatch::default(),
+            set: SetBatch::default(),
+            keys: HashSet::new(),
+            hasher: RandomState::new(),
+            set_params,
+        }
+    }
+
+    pub fn is_insert(&self) -> bool {
+        self.kind == RunKind::Insert
+    }
+
+    pub fn is_change(&self, shape: &[u8]) -> bool {
+        matches!(&self.kind, RunKind::Change { shape: s } if s == shape)
+    }
+
+    /// Records the key of a change's `params`; false if the run already has it (then the
+    /// run must end before this row). Row-by-row runs need no keys.
+    pub fn add_key(&mut self, params: &[TextParam]) -> bool {
+        if self.mode == Mode::RowByRow {
+            return true;
+        }
+        let mut hasher = self.hasher.build_hasher();
+        for param in params.get(self.set_params..).unwrap_or_default() {
+            param.0.hash(&mut hasher);
+        }
+        self.keys.insert(hasher.finish())
+    }
+
+    /// Forgets the keys: the set-based batch holding them went out.
+    pub fn clear_keys(&mut self) {
+        self.keys.clear();
+    }
+}
+
+/// The open runs, in the order they were opened, which is the order they go out at commit.
+#[derive(Default)]
+pub(super) struct Runs {
+    pub open: Vec<Run>,
+}
+
+impl Runs {
+    /// The position of the table's open run.
+    pub fn find(&self, rel_id: u32) -> Option<usize> {
+        self.open.iter().position(|run| run.rel_id == rel_id)
+    }
+
+    /// Another table has an open run that must keep its order.
+    pub fn others_ordered(&self, rel_id: u32) -> bool {
+        self.open.iter().any(|run| run.ordered && run.rel_id != rel_id)
+    }
+
+    pub fn clear(&mut self) {
+        self.open.clear();
+    }
+}
