@@ -26,11 +26,11 @@ use crate::node::{NodeState, RoleChannels};
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
 use crate::source::stream::SharedSink;
 
-/// Leader transactions grouped into one follower transaction at most, while catching up.
+/// Most leader transactions grouped into one follower transaction.
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
 /// Entries replayed into this node's PostgreSQL (Prometheus counter).
 pub const REPLAY_ENTRIES_APPLIED_TOTAL: &str = "walship_replay_entries_applied_total";
-/// Under a steady stream, the least time between two replay commits.
+/// Under a steady stream, the time between two replay commits.
 pub const REPLAY_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 /// Records read ahead of replay.
 pub const REPLAY_QUEUE_RECORDS: usize = 256;
@@ -189,8 +189,8 @@ async fn replay_with_retries(
     }
 }
 
-/// Replays the log from after the database's applied entry, committing a group of entries
-/// whenever replay catches up or [`REPLAY_GROUP_ENTRIES`] are pending.
+/// Replays the log from after the database's applied entry, committing groups of entries
+/// (see [`Group`]).
 async fn replay(
     pg: &tokio_postgres::Config,
     log: &Arc<Mutex<Log>>,
@@ -243,8 +243,9 @@ async fn replay(
 }
 
 /// Entries applied since the last commit, and when to commit them: at once when replay has
-/// caught up after a quiet spell, but under a steady stream not more often than every
-/// [`REPLAY_COMMIT_WINDOW`], so that each follower transaction carries many leader ones.
+/// caught up after a quiet spell; under a steady stream or while catching up every
+/// [`REPLAY_COMMIT_WINDOW`] (or [`REPLAY_GROUP_ENTRIES`]), so that each follower transaction
+/// carries many leader ones and yet none waits long for its commit.
 struct Group {
     pending: usize,
     /// The last record was a chunk: the entry is open and no commit may happen.
@@ -269,19 +270,17 @@ impl Group {
         if self.pending == 0 || self.inside_entry {
             return Step::Record(records.recv().await);
         }
-        if self.pending >= REPLAY_GROUP_ENTRIES {
+        let wait = REPLAY_COMMIT_WINDOW.saturating_sub(self.last_commit.elapsed());
+        if self.pending >= REPLAY_GROUP_ENTRIES || wait.is_zero() {
             return Step::Commit;
         }
         match records.try_recv() {
             Ok(record) => Step::Record(Some(record)),
             Err(mpsc::error::TryRecvError::Disconnected) => Step::Record(None),
-            Err(mpsc::error::TryRecvError::Empty) => {
-                let wait = REPLAY_COMMIT_WINDOW.saturating_sub(self.last_commit.elapsed());
-                match tokio::time::timeout(wait, records.recv()).await {
-                    Ok(record) => Step::Record(record),
-                    Err(_) => Step::Commit,
-                }
-            }
+            Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout(wait, records.recv()).await {
+                Ok(record) => Step::Record(record),
+                Err(_) => Step::Commit,
+            },
         }
     }
 
