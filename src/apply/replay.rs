@@ -76,7 +76,7 @@ impl Applier {
         }
         let meta = &self.tables.get(entry, rel_id)?.meta;
         let params = change::insert_params(meta, payload, new).map_err(|reason| malformed(entry, reason))?;
-        self.add_row(at, Held { entry, payload: payload.clone(), message: payload.slice_ref(item), params }).await
+        self.add_row(at, Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params }).await
     }
 
     /// An update (`new` given) or a delete.
@@ -104,7 +104,7 @@ impl Applier {
         }
         let kind = RunKind::Change { shape: self.shape.clone() };
         let at = self.run_for(entry, rel_id, kind, Some(&params)).await?;
-        self.add_row(at, Held { entry, payload: payload.clone(), message: payload.slice_ref(item), params }).await
+        self.add_row(at, Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params }).await
     }
 
     /// The position of the table's open run of this kind, which has room for a change with
@@ -155,7 +155,7 @@ impl Applier {
                 self.send_row(rel_id, &kind, row).await
             }
             Mode::Holding => {
-                run.held.push(row);
+                run.held.push(row.detach());
                 if run.held.len() >= BULK_MIN_ROWS {
                     self.go_bulk(at).await?;
                 }
@@ -178,8 +178,10 @@ impl Applier {
         let run = &self.runs.open[at];
         let Some(first) = run.held.first().map(|row| row.entry) else { return Ok(()) };
         let (rel_id, kind) = (run.rel_id, run.kind.clone());
+        // A row trigger that fires on the replica may look at the table itself: its rows
+        // then go in order, not in one statement.
         let set = match kind {
-            _ if self.is_strict(first) && kind != RunKind::Insert => None,
+            _ if (self.is_strict(first) || run.ordered) && kind != RunKind::Insert => None,
             RunKind::Insert => {
                 let (meta, statement) = self.tables.copy(&self.client, &mut self.pipeline, first, rel_id).await?;
                 let run = &mut self.runs.open[at];
@@ -251,9 +253,12 @@ impl Applier {
 
     /// Sends one row of a run alone: a one-row insert, update or delete.
     async fn send_row(&mut self, rel_id: u32, kind: &RunKind, row: Held) -> Result<(), ApplyError> {
-        let Held { entry, payload, message, params } = row;
+        let bytes = match &row.payload {
+            Some(payload) => self.pipeline.buffer_bytes(payload),
+            None => row.own_bytes(),
+        };
+        let Held { entry, message, params, .. } = row;
         self.rows_sent.row += 1;
-        let bytes = self.pipeline.buffer_bytes(&payload);
         let op = match kind {
             RunKind::Insert => {
                 let (meta, statement) = self.tables.insert(&self.client, &mut self.pipeline, entry, rel_id).await?;

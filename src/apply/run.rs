@@ -33,8 +33,9 @@ use crate::lsn::EntryId;
 
 /// A run goes in bulk once it holds this many rows.
 pub const BULK_MIN_ROWS: usize = 8;
-/// Most runs open at once; one more ends them all.
-pub const MAX_OPEN_RUNS: usize = 64;
+/// Most runs open at once; one more ends them all. With each run's batch sent at
+/// [`super::COPY_BATCH_BYTES`], this bounds the memory of the open batches.
+pub const MAX_OPEN_RUNS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum RunKind {
@@ -60,11 +61,34 @@ pub(super) enum Mode {
 /// One row of a run, as it would go out alone.
 pub(super) struct Held {
     pub entry: EntryId,
-    /// The record buffer the parameters point into.
-    pub payload: Bytes,
+    /// The record buffer the parameters and message point into; `None` once they are
+    /// copies of their own (see [`Held::detach`]).
+    pub payload: Option<Bytes>,
     /// The row's pgoutput message, to name its key in an error.
     pub message: Bytes,
     pub params: Vec<TextParam>,
+}
+
+impl Held {
+    /// Copies the row's values out of its record buffer, so that a row held back does not
+    /// keep a whole record (up to a spilled chunk) in memory.
+    pub fn detach(self) -> Held {
+        let copy = |bytes: &Bytes| Bytes::copy_from_slice(bytes);
+        Held {
+            entry: self.entry,
+            payload: None,
+            message: copy(&self.message),
+            params: self.params.iter().map(|p| TextParam(p.0.as_ref().map(copy))).collect(),
+        }
+    }
+
+    /// The memory the row keeps alive while its statement is in flight, beyond its record.
+    pub fn own_bytes(&self) -> usize {
+        match self.payload {
+            Some(_) => 0,
+            None => self.message.len() + self.params.iter().filter_map(|p| p.0.as_ref()).map(Bytes::len).sum::<usize>(),
+        }
+    }
 }
 
 pub(super) struct Run {
