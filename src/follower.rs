@@ -236,6 +236,12 @@ async fn replay(
             break Err(e.into());
         }
         group.applied(&record);
+        // In strict order each entry commits alone: a failure at commit names its entry.
+        if !group.inside_entry && applier.is_strict(record.id) {
+            if let Err(e) = group.commit(&mut applier, applied).await {
+                break Err(e);
+            }
+        }
     };
     drop(records);
     let _ = tail.await;

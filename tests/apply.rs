@@ -340,13 +340,23 @@ async fn apply_rate() {
     apply(&mut applier, single, 1).await.unwrap();
     let rate = single.len() as f64 / started.elapsed().as_secs_f64();
     println!("apply rate: single-row update transactions, one commit each: {rate:.0} rows/s");
+
+    pair.on_leader(&format!(
+        "DO $$ BEGIN FOR i IN 1..{updates} LOOP DELETE FROM bench WHERE id = i; COMMIT; END LOOP; END $$;"
+    ));
+    let records = pair.records().await;
+    let started = Instant::now();
+    apply(&mut applier, &records, 1000).await.unwrap();
+    let rate = records.len() as f64 / started.elapsed().as_secs_f64();
+    println!("apply rate: single-row delete transactions, 1000 per commit: {rate:.0} rows/s");
     pair.assert_replicated();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_runs_go_in_bulk_for_every_type_family() {
     let extra = "CREATE DOMAIN intlist AS int[] CHECK (cardinality(VALUE) < 10);
-                 CREATE TABLE odd (id text PRIMARY KEY, bx box, ia int[], dl intlist, note text);";
+                 CREATE TABLE odd (id text PRIMARY KEY, bx box, ia int[], dl intlist, note text,
+                     c5 char(5)[], bp bpchar[], b3 bit(3)[], vc varchar(4)[]);";
     let mut pair = Pair::start(&format!("{TYPES_SCHEMA}{extra}"), DEFAULT_SPILL_BYTES).await;
     let columns = "i2, i4, i8, num, num_p, f4, f8, b, t, vc, ch, by, d, tm, ttz, ts, tstz, iv, js, jb, \
                    ia, ta, u, m, dom, comp, r4, rtz, ip, cn, mac, x, mon, tsv, bt, vb, pt";
@@ -361,7 +371,8 @@ async fn long_runs_go_in_bulk_for_every_type_family() {
          UPDATE types SET ({columns}) = (SELECT {columns} FROM types WHERE id = 1) WHERE id > {rows};
          INSERT INTO odd SELECT 'k \"' || g || '\\', box(point(g, 0), point(0, g)), ARRAY[g, NULL],
              ARRAY[g], E'a\\tb \"c\" \\\\' FROM generate_series(1, {rows}) g;
-         UPDATE odd SET bx = box(point(-1, -1), point(1, 1)), ia = ARRAY[[1, 2], [3, NULL]], dl = '{{}}', note = NULL;"
+         UPDATE odd SET bx = box(point(-1, -1), point(1, 1)), ia = ARRAY[[1, 2], [3, NULL]], dl = '{{}}', note = NULL,
+             c5 = '{{hello,world}}', bp = '{{abcdef}}', b3 = '{{101,010}}', vc = '{{abcd,\"e,f\"}}';"
     ));
     // Single-row transactions on alternating keys: runs across entries, broken by repeats.
     for i in 0..4 * rows {
@@ -501,4 +512,55 @@ async fn a_table_with_replica_triggers_keeps_its_order_with_other_tables() {
     let wrong = pair.on_follower("SELECT count(*) FROM seen WHERE a_rows <> n");
     assert_eq!(wrong, "0", "{}", pair.on_follower("SELECT * FROM seen ORDER BY n"));
     assert_eq!(pair.on_follower("SELECT count(*) FROM seen"), "50");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_constraint_failing_at_commit_is_named_after_strict_replay() {
+    let schema = "CREATE TABLE t (id int PRIMARY KEY, u int);";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    // On the follower only: a deferred constraint trigger that fires in the apply session.
+    pair.on_follower(
+        "CREATE FUNCTION no_seven() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+           IF NEW.u = 7 THEN
+             RAISE EXCEPTION 'seven' USING ERRCODE = 'check_violation', SCHEMA = 'public', TABLE = 't';
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER no_seven AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION public.no_seven();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER no_seven;",
+    );
+    for i in 1..=10 {
+        pair.on_leader(&format!("INSERT INTO t VALUES ({i}, {i});"));
+    }
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    // Ten entries, one commit: the check at COMMIT cannot say which entry failed.
+    let last = match apply_until_error(&mut applier, &records).await {
+        ApplyError::Batched { last, reason, .. } => {
+            assert!(reason.contains("seven"), "{reason}");
+            last
+        }
+        other => panic!("expected a batched failure, got {other:?}"),
+    };
+    applier.strict_through(Some(last.index));
+    assert!(applier.is_strict(records[6].id));
+    let mut failed = None;
+    for record in &records {
+        let step = async {
+            applier.apply_record(record).await?;
+            applier.commit().await
+        };
+        if let Err(e) = step.await {
+            failed = Some(e);
+            break;
+        }
+    }
+    match failed {
+        Some(ApplyError::Divergence { entry, table, .. }) => {
+            assert_eq!((entry, table.as_str()), (records[6].id, "public.t"));
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
+    assert_eq!(pair.on_follower("SELECT count(*) FROM t"), "6", "the six entries before it committed");
 }

@@ -166,7 +166,7 @@ mod tests {
                 display: String::new(),
                 partitioned: false,
                 columns: Vec::new(),
-                unique_key: false,
+                unique_keys: Vec::new(),
                 ordered: false,
             }),
             rows: 5,

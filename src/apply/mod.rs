@@ -117,6 +117,9 @@ pub struct Applier {
     /// Changes of the open transaction may reach the database in another order than the
     /// log's, or several in one statement: an error cannot name the first change at fault.
     reordered: bool,
+    /// COMMIT was sent: an error now (a deferred constraint) belongs to any of the
+    /// transaction's entries.
+    committing: bool,
     /// Scratch for the shape of the current update or delete.
     shape: Vec<u8>,
     rows_sent: RowsSent,
@@ -151,6 +154,7 @@ impl Applier {
             strict_through: None,
             txn_entries: None,
             reordered: false,
+            committing: false,
             rows_sent: RowsSent::default(),
             rows_published: RowsSent::default(),
             shape: Vec::new(),
@@ -179,8 +183,9 @@ impl Applier {
         self.strict_through = through;
     }
 
-    /// The entry's changes are replayed strictly in log order.
-    fn is_strict(&self, entry: EntryId) -> bool {
+    /// The entry's changes are replayed strictly in log order; the caller should then commit
+    /// after each entry, so that a failure at commit names its entry.
+    pub fn is_strict(&self, entry: EntryId) -> bool {
         self.strict_through.is_some_and(|through| entry.index <= through)
     }
 
@@ -217,6 +222,7 @@ impl Applier {
         match self.commit_open().await {
             Ok(()) => {
                 self.in_transaction = false;
+                self.committing = false;
                 self.txn_entries = None;
                 self.committed = self.staged.take().or(self.committed);
                 self.publish_rows_sent();
@@ -328,6 +334,7 @@ impl Applier {
         self.pipeline.drain().await?;
         let check = Check::Statement { entry, what: "commit" };
         let op = Op::execute(&self.client, self.commit.clone(), Vec::<String>::new(), check);
+        self.committing = true;
         self.pipeline.push(op).await?;
         self.pipeline.drain().await
     }
@@ -344,6 +351,7 @@ impl Applier {
         self.runs.clear();
         self.txn_entries = None;
         self.reordered = false;
+        self.committing = false;
         self.tables.clear();
         self.partial = None;
         self.staged = None;
@@ -359,23 +367,32 @@ impl Applier {
 
 impl Applier {
     /// An error of a change in a transaction whose changes went out of log order or in
-    /// batches says neither which change failed first nor which one: it becomes
-    /// [`ApplyError::Batched`], which asks for the same entries again in strict order.
+    /// batches, or failed at the commit of several entries, says neither which change failed
+    /// first nor which one: it becomes [`ApplyError::Batched`], which asks for the same
+    /// entries again in strict order. Errors that are not the data's (a lost connection, a
+    /// cancel) stay as they are.
     fn in_log_order(&self, error: ApplyError) -> ApplyError {
         let Some((first, last)) = self.txn_entries else { return error };
-        if !self.reordered || self.is_strict(last) {
+        let at_commit = self.committing && first != last;
+        if !(self.reordered || at_commit) || self.is_strict(last) {
             return error;
         }
-        match error {
-            ApplyError::Divergence { ref table, .. } | ApplyError::Batched { ref table, .. } => {
-                ApplyError::Batched { first, last, table: table.clone(), reason: error.to_string() }
+        let (table, reason) = match &error {
+            ApplyError::Batched { table, reason, .. } => (table.clone(), reason.clone()),
+            ApplyError::Divergence { table, .. } => (table.clone(), error.to_string()),
+            ApplyError::Change { source, .. } if source.code().is_some_and(is_data_error) => {
+                (String::new(), error.to_string())
             }
-            ApplyError::Change { .. } => {
-                ApplyError::Batched { first, last, table: String::new(), reason: error.to_string() }
-            }
-            other => other,
-        }
+            _ => return error,
+        };
+        ApplyError::Batched { first, last, table, reason }
     }
+}
+
+/// A SQLSTATE that says something about the data or schema, which replay in strict order
+/// would meet again at one change: not a connection's, a cancel's or a resource's.
+fn is_data_error(code: &tokio_postgres::error::SqlState) -> bool {
+    crate::error::ErrorClass::of_sqlstate(code.code()) != crate::error::ErrorClass::Retry
 }
 
 /// Runs walship's pending migrations, as [`Applier::connect`] does; for the snapshot loader

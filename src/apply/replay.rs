@@ -92,15 +92,19 @@ impl Applier {
         let mut params: Vec<TextParam> = Vec::new();
         let meta = &self.tables.get(entry, rel_id)?.meta;
         if let Err(error) = change::plan(meta, payload, old, new, &mut self.shape, &mut params) {
-            return Err(match error {
+            let error = match error {
                 PlanError::NoKey => ApplyError::Divergence {
                     entry,
                     table: meta.display.clone(),
                     key: String::new(),
                     reason: "the change carries no key to find its row by".into(),
                 },
-                PlanError::Malformed(reason) => malformed(entry, reason),
-            });
+                PlanError::Malformed(reason) => return Err(malformed(entry, reason)),
+            };
+            // The changes before this one, held back or in flight, fail first if they do.
+            self.end_runs().await?;
+            self.pipeline.drain().await?;
+            return Err(error);
         }
         let kind = RunKind::Change { shape: self.shape.clone() };
         let at = self.run_for(entry, rel_id, kind, Some(&params)).await?;
@@ -178,10 +182,11 @@ impl Applier {
         let run = &self.runs.open[at];
         let Some(first) = run.held.first().map(|row| row.entry) else { return Ok(()) };
         let (rel_id, kind) = (run.rel_id, run.kind.clone());
-        // A row trigger that fires on the replica may look at the table itself: its rows
-        // then go in order, not in one statement.
+        // A trigger that fires on the replica may look at the table itself: its rows go in
+        // order, one statement each, not as one COPY or set-based statement.
         let set = match kind {
-            _ if (self.is_strict(first) || run.ordered) && kind != RunKind::Insert => None,
+            _ if run.ordered => None,
+            RunKind::Change { .. } if self.is_strict(first) => None,
             RunKind::Insert => {
                 let (meta, statement) = self.tables.copy(&self.client, &mut self.pipeline, first, rel_id).await?;
                 let run = &mut self.runs.open[at];

@@ -35,10 +35,13 @@
 //! `unnest($1, $2)` in FROM, which would spread a composite element over several columns.)
 //!
 //! Each array is declared as the array type of its column's type, so the follower's input
-//! function of that type reads every element, as it reads a single parameter; a type without
-//! an array type (an array column) travels as `text[]` and is cast to the column's type. Only
-//! shapes that name their row by a key which the follower's unique index makes name one row
-//! at most, and that do not change the key, go set-based (see [`set_statement`]).
+//! function of that type reads every element, as it reads a single parameter. An array
+//! column's type has no array type: its values travel as the elements of a `text[]` and are
+//! cast to the column's type named by its catalog name (`pg_catalog._bpchar`, never
+//! `character[]`, which would read as `character(1)[]` and cut values), so again its input
+//! function reads them without a typmod, and the column's typmod applies at assignment. Only
+//! shapes that name their row by a key which one of the follower's unique indexes makes name
+//! one row at most, and that do not change the key, go set-based (see [`set_statement`]).
 
 use std::fmt::Write as _;
 
@@ -201,18 +204,22 @@ pub(super) struct SetStatement {
 }
 
 /// The set-based form of a shape, or `None` when its rows must go one statement each: the
-/// condition is the whole row, or compares NULL or text, the follower has no unique index
-/// on the key, an update assigns a key column or nothing at all.
+/// condition is the whole row, or compares NULL or text, or does not cover one of the
+/// follower's unique indexes; an update assigns a key column or nothing at all; a column's
+/// type has no array type and is not an array.
 pub(super) fn set_statement(meta: &TableMeta, shape: &[u8]) -> Option<SetStatement> {
     let [op, BY_KEY, columns @ ..] = shape else {
         return None;
     };
+    let bits_of = |i: usize| columns.get(i).copied().unwrap_or(0);
     let pairs = || meta.columns.iter().zip(columns.iter().copied());
     let set: Vec<&ColumnMeta> = pairs().filter(|(_, bits)| bits & SET != 0).map(|(c, _)| c).collect();
     let keys: Vec<&ColumnMeta> = pairs().filter(|(_, bits)| bits & WHERE_ANY != 0).map(|(c, _)| c).collect();
     let key_only = pairs().all(|(c, bits)| bits & (WHERE_TEXT | WHERE_NULL) == 0 && (bits & WHERE_EQ == 0 || c.key));
+    let unique = meta.unique_keys.iter().any(|index| index.iter().all(|&i| bits_of(i) & WHERE_EQ != 0));
     let assigns_key = set.iter().any(|c| c.key);
-    if !meta.unique_key || !key_only || keys.is_empty() || assigns_key || (*op == UPDATE) == set.is_empty() {
+    let arrays = set.iter().chain(&keys).all(|c| c.array_oid != 0 || c.array_cast.is_some());
+    if !unique || !key_only || !arrays || assigns_key || (*op == UPDATE) == set.is_empty() {
         return None;
     }
     let mut sql = String::with_capacity(160);
@@ -229,8 +236,8 @@ pub(super) fn set_statement(meta: &TableMeta, shape: &[u8]) -> Option<SetStateme
             delimiters.push(b',');
         }
     }
-    let value = |n: usize, column: &ColumnMeta| match column.array_oid {
-        0 => format!("s.p{n}::{}", column.type_name),
+    let value = |n: usize, column: &ColumnMeta| match (column.array_oid, &column.array_cast) {
+        (0, Some(cast)) => format!("s.p{n}::{cast}"),
         _ => format!("s.p{n}"),
     };
     if *op == UPDATE {

@@ -25,8 +25,9 @@ pub const MAX_SHAPES_PER_TABLE: usize = 64;
 
 /// The follower's columns of a table: `(partitioned, column name or NULL for a table without
 /// columns, whether the type has a default equality operator, type oid, its array type's oid
-/// or 0, the delimiter of its array literals, its name, whether the table has triggers that
-/// fire on a replica)`. Equality is looked for on the type
+/// or 0, the delimiter of its array literals, whether the table or one of its partitions or
+/// children has triggers or rules that fire on a replica, for an array column the qualified
+/// name of its type)`. Equality is looked for on the type
 /// under any domains and array levels, as PostgreSQL's type cache does.
 const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
  (WITH RECURSIVE walk(oid, depth) AS ( \
@@ -44,26 +45,37 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
        WHEN 'm' THEN pg_catalog.to_regtype('anymultirange') \
        WHEN 'c' THEN pg_catalog.to_regtype('record') END)) \
   FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1), \
- a.atttypid, ty.typarray, ty.typdelim::text, pg_catalog.format_type(a.atttypid, NULL), \
- EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal \
-   AND tg.tgenabled IN ('A', 'R')) \
+ a.atttypid, ty.typarray, ty.typdelim::text, \
+ (WITH RECURSIVE tree(oid) AS ( \
+     SELECT c.oid \
+   UNION \
+     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+  SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg JOIN tree ON tg.tgrelid = tree.oid \
+       WHERE NOT tg.tgisinternal AND tg.tgenabled IN ('A', 'R')) \
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN tree ON r.ev_class = tree.oid \
+       WHERE r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))), \
+ CASE WHEN ty.typcategory = 'A' AND ty.typarray = 0 \
+   THEN pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END \
  FROM pg_catalog.pg_class c \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
  LEFT JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+ LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace \
  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
 
 /// The key columns of each of the follower table's unique indexes that holds for every row
-/// at every statement's end: not partial, not on expressions, not deferrable, valid.
+/// at every statement's end (not partial, not on expressions, not deferrable, valid) and
+/// compares each column with the column's own collation, as `=` on it does.
 const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) \
  FROM pg_catalog.pg_index i \
  JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
- JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid \
-   AND a.attnum = ANY ((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) \
+ CROSS JOIN LATERAL pg_catalog.generate_series(0, i.indnkeyatts - 1) AS k(n) \
+ JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k.n] \
  WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indimmediate AND i.indisvalid \
    AND i.indpred IS NULL AND i.indexprs IS NULL \
- GROUP BY i.indexrelid";
+ GROUP BY i.indexrelid \
+ HAVING pg_catalog.bool_and(i.indcollation[k.n] = a.attcollation)";
 
 /// What a change needs to know about its table; shared with the statements in flight.
 #[derive(Debug)]
@@ -76,9 +88,10 @@ pub(super) struct TableMeta {
     pub partitioned: bool,
     /// The leader's columns, in the leader's order, which is the order of tuple values.
     pub columns: Vec<ColumnMeta>,
-    /// The follower has a unique index on some of the leader's key columns: a key names at
-    /// most one row, so a set-based change of distinct keys touches one row per key.
-    pub unique_key: bool,
+    /// The follower's unique indexes on the leader's key columns, as positions in `columns`:
+    /// a change that compares the columns of one of them names at most one row, so a
+    /// set-based change of distinct keys touches one row per key.
+    pub unique_keys: Vec<Vec<usize>>,
     /// The follower table has triggers that fire in the apply session (`ENABLE ALWAYS` or
     /// `ENABLE REPLICA`), which may see other tables: its changes keep their order with them.
     pub ordered: bool,
@@ -100,9 +113,11 @@ pub(super) struct ColumnMeta {
     pub array_oid: u32,
     /// The delimiter between elements of such an array literal (`,` but for `box`).
     pub delimiter: u8,
-    /// The follower's type by name (without typmod), for a cast from `text` where it has no
-    /// array type.
-    pub type_name: String,
+    /// Of an array column, whose type has no array type: the type's schema-qualified catalog
+    /// name (`pg_catalog._bpchar`), which reads as the type without a typmod, so that a cast
+    /// to it from `text` calls its input function as a parameter of that type would, and
+    /// the column's typmod applies at assignment as it does to a parameter.
+    pub array_cast: Option<String>,
 }
 
 pub(super) struct Table {
@@ -306,7 +321,7 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
             type_oid: found.type_oid,
             array_oid: found.array_oid,
             delimiter: found.delimiter,
-            type_name: found.type_name.clone(),
+            array_cast: found.array_cast.clone(),
         });
     }
     let unique = client.query(UNIQUE_SQL, &[&namespace, &relation.name]).await;
@@ -315,22 +330,23 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
         what: format!("look up the unique indexes of {display}"),
         source,
     })?;
-    let is_key = |name: &String| columns.iter().any(|c| c.key && c.name == *name);
-    let mut unique_key = false;
+    let key_position = |name: &String| columns.iter().position(|c| c.key && c.name == *name);
+    let mut unique_keys = Vec::new();
     for row in &unique {
         let names: Vec<String> = row.try_get(0).map_err(|source| ApplyError::Change {
             entry,
             what: format!("read the unique indexes of {display}"),
             source,
         })?;
-        unique_key |= !names.is_empty() && names.iter().all(is_key);
+        let positions: Option<Vec<usize>> = names.iter().map(key_position).collect();
+        unique_keys.extend(positions.filter(|p| !p.is_empty()));
     }
     Ok(TableMeta {
         sql_name: format!("{}.{}", quote_ident(namespace), quote_ident(relation.name)),
         display,
         partitioned,
         columns,
-        unique_key,
+        unique_keys,
         ordered,
     })
 }
@@ -341,7 +357,7 @@ struct FollowerColumn {
     type_oid: u32,
     array_oid: u32,
     delimiter: u8,
-    type_name: String,
+    array_cast: Option<String>,
 }
 
 /// The follower's columns by name.
@@ -355,7 +371,7 @@ async fn follower_columns(
     name: &str,
 ) -> Result<(Option<(bool, bool)>, FollowerColumns), tokio_postgres::Error> {
     let rows = client.query(COLUMNS_SQL, &[&namespace, &name]).await?;
-    let table = rows.first().map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(7)?)));
+    let table = rows.first().map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(6)?)));
     let table = table.transpose()?;
     let mut columns = HashMap::with_capacity(rows.len());
     for row in &rows {
@@ -364,14 +380,14 @@ async fn follower_columns(
         let type_oid: Option<u32> = row.try_get(3)?;
         let array_oid: Option<u32> = row.try_get(4)?;
         let delimiter: Option<String> = row.try_get(5)?;
-        let type_name: Option<String> = row.try_get(6)?;
+        let array_cast: Option<String> = row.try_get(7)?;
         if let (Some(name), Some(type_oid)) = (name, type_oid) {
             let column = FollowerColumn {
                 has_eq: has_eq.unwrap_or(false),
                 type_oid,
                 array_oid: array_oid.unwrap_or(0),
                 delimiter: delimiter.and_then(|d| d.bytes().next()).unwrap_or(b','),
-                type_name: type_name.unwrap_or_default(),
+                array_cast,
             };
             columns.insert(name, column);
         }

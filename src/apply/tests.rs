@@ -16,17 +16,17 @@ fn meta(partitioned: bool) -> Arc<TableMeta> {
         key,
         has_eq,
         type_oid: if has_eq { 23 } else { 114 },
-        // int4[]; json has no array type in this made-up catalog, to exercise the cast.
-        array_oid: if has_eq { 1007 } else { 0 },
+        // int4[], json[]
+        array_oid: if has_eq { 1007 } else { 199 },
         delimiter: b',',
-        type_name: if has_eq { "integer" } else { "json" }.into(),
+        array_cast: None,
     };
     Arc::new(TableMeta {
         sql_name: "\"s\".\"t x\"".into(),
         display: "s.t x".into(),
         partitioned,
         columns: vec![column("id", true, true), column("doc", false, false), column("n", false, true)],
-        unique_key: true,
+        unique_keys: vec![vec![0]],
         ordered: false,
     })
 }
@@ -178,10 +178,10 @@ fn runs_of_changes_by_key_go_set_based() {
     let set = set_statement(&meta, &shape_of(&update, &meta)).unwrap();
     assert_eq!(
         set.sql,
-        r#"UPDATE "s"."t x" AS t SET "doc" = s.p1::json, "n" = s.p2 FROM (SELECT unnest($1) AS p1, unnest($2) AS p2, unnest($3) AS p3) AS s WHERE t."id" = s.p3"#
+        r#"UPDATE "s"."t x" AS t SET "doc" = s.p1, "n" = s.p2 FROM (SELECT unnest($1) AS p1, unnest($2) AS p2, unnest($3) AS p3) AS s WHERE t."id" = s.p3"#
     );
     let oids: Vec<u32> = set.types.iter().map(|t| t.oid()).collect();
-    assert_eq!(oids, vec![1009, 1007, 1007], "text[] for the type without an array type");
+    assert_eq!(oids, vec![199, 1007, 1007]);
     assert_eq!(set.delimiters, b",,,");
 
     let mut delete = BytesMut::new();
@@ -210,10 +210,43 @@ fn key_changes_full_rows_and_keys_without_a_unique_index_go_row_by_row() {
         display: meta.display.clone(),
         partitioned: false,
         columns: meta.columns.clone(),
-        unique_key: false,
+        unique_keys: Vec::new(),
         ordered: false,
     };
     assert_eq!(set_statement(&not_unique, &shape), None);
+
+    // A type with no array type that is not an array cannot travel as an array element.
+    let mut columns = meta.columns.clone();
+    columns[1].array_oid = 0;
+    let odd_type = TableMeta { columns, unique_keys: vec![vec![0]], ..not_unique };
+    assert_eq!(set_statement(&odd_type, &shape), None);
+    // An array column's values travel as text and are cast to its type by catalog name.
+    let mut columns = odd_type.columns.clone();
+    columns[1].array_cast = Some("pg_catalog._bpchar".into());
+    let array_column = TableMeta { columns, ..odd_type };
+    let set = set_statement(&array_column, &shape).unwrap();
+    assert!(set.sql.contains(r#"SET "doc" = s.p1::pg_catalog._bpchar, "n" = s.p2"#), "{}", set.sql);
+    assert_eq!(set.types[0], tokio_postgres::types::Type::TEXT_ARRAY);
+}
+
+#[test]
+fn a_change_goes_set_based_only_when_it_compares_every_column_of_a_unique_index() {
+    let mut columns = meta(false).columns.clone();
+    columns[2].key = true; // the key is (id, n), the follower's unique index too
+    let meta = TableMeta {
+        sql_name: "\"t\"".into(),
+        display: "t".into(),
+        partitioned: false,
+        columns,
+        unique_keys: vec![vec![0, 2]],
+        ordered: false,
+    };
+    let both = update(None, &[Some(b"1"), Some(b"{}"), Some(b"5")]);
+    let set = set_statement(&meta, &shape_of(&both, &meta)).unwrap();
+    assert!(set.sql.ends_with(r#"WHERE t."id" = s.p2 AND t."n" = s.p3"#), "{}", set.sql);
+    // n unchanged and TOASTed: not compared, so the key may match several rows.
+    let id_only = update(None, &[Some(b"1"), Some(b"{}"), Some(b"\0u")]);
+    assert_eq!(set_statement(&meta, &shape_of(&id_only, &meta)), None);
 }
 
 #[test]
