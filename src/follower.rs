@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
 use crate::log::committer::{Durable, Writer, WRITE_QUEUE_BATCHES};
+use crate::log::tail::Tail;
 use crate::log::{Log, LogError, Record, RecordKind};
 use crate::lsn::{EntryId, Index};
 use crate::node::{NodeState, RoleChannels};
@@ -32,8 +33,8 @@ pub const REPLAY_GROUP_ENTRIES: usize = 1000;
 pub const REPLAY_ENTRIES_APPLIED_TOTAL: &str = "walship_replay_entries_applied_total";
 /// Under a steady stream, the time between two replay commits.
 pub const REPLAY_COMMIT_WINDOW: Duration = Duration::from_millis(5);
-/// Records read ahead of replay.
-pub const REPLAY_QUEUE_RECORDS: usize = 256;
+/// Batches of records read ahead of replay.
+pub const REPLAY_QUEUE_BATCHES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowerError {
@@ -217,7 +218,7 @@ async fn replay(
     };
     info!(after = ?position.map(|p| p.id), "replaying");
     backoff.reset();
-    let (mut records, tail) = crate::log::tail::spawn(reader, REPLAY_QUEUE_RECORDS);
+    let (mut records, tail) = crate::log::tail::spawn(reader, REPLAY_QUEUE_BATCHES);
     let mut group = Group::default();
     let result = loop {
         let next = match group.next_step(&mut records).await {
@@ -272,7 +273,7 @@ impl Default for Group {
 }
 
 impl Group {
-    async fn next_step(&self, records: &mut mpsc::Receiver<Result<Record, LogError>>) -> Step {
+    async fn next_step(&self, records: &mut Tail) -> Step {
         if self.pending == 0 || self.inside_entry {
             return Step::Record(records.recv().await);
         }

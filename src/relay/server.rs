@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -19,6 +19,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::error::ErrorClass;
 use crate::log::committer::Durable;
 use crate::log::entry::EntryHeader;
+use crate::log::tail::Tail;
 use crate::log::{Log, LogError, Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::relay::progress::Followers;
@@ -33,7 +34,7 @@ use crate::source::conn::unix_micros_now;
 pub const RELAY_ENTRIES_SENT_TOTAL: &str = "walship_relay_entries_sent_total";
 pub const RELAY_BYTES_SENT_TOTAL: &str = "walship_relay_bytes_sent_total";
 /// Records read ahead of the socket per follower.
-pub const RELAY_QUEUE_RECORDS: usize = 64;
+pub const RELAY_QUEUE_BATCHES: usize = 2;
 /// How often an idle stream carries a [`LeaderStatus`].
 pub const LEADER_STATUS_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a snapshot may wait for the log to reach its position (heartbeats move it every
@@ -273,7 +274,7 @@ impl RelayServer {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let log_reader = self.log.lock().map_err(|_| LogError::Failed)?.reader(from)?;
-        let (mut rx, tail) = crate::log::tail::spawn(log_reader, RELAY_QUEUE_RECORDS);
+        let (mut rx, tail) = crate::log::tail::spawn(log_reader, RELAY_QUEUE_BATCHES);
         let mut status = tokio::time::interval(LEADER_STATUS_INTERVAL);
         let result = loop {
             tokio::select! {
@@ -314,7 +315,7 @@ impl RelayServer {
         writer: &mut FrameWriter<W>,
         follower: &str,
         first: Record,
-        rx: &mut mpsc::Receiver<Result<Record, LogError>>,
+        rx: &mut Tail,
     ) -> Result<(), ServeError> {
         let mut sent = Sent::default();
         sent.queue(writer, first)?;
