@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{table_rows, wait_until, Sidecar};
+use support::{table_rows, two_instances, wait_until, Sidecar};
 use walship::localpg::{Instance, Options, StopMode};
 use walship::lsn::Lsn;
 
@@ -112,11 +112,7 @@ fn followers_replicate_through_crashes_and_stay_read_only() {
 
 #[test]
 fn a_follower_with_the_wrong_token_gets_nothing() {
-    let leader_pg = Instance::start(Options::default()).unwrap();
-    let follower_pg = Instance::start(Options::default()).unwrap();
-    for pg in [&leader_pg, &follower_pg] {
-        pg.psql("postgres", SCHEMA).unwrap();
-    }
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
     let dir = tempfile::tempdir().unwrap();
     let mut leader = start_leader(dir.path(), &leader_pg);
     leader_pg.psql("postgres", "INSERT INTO accounts VALUES (1, 10, 'secret')").unwrap();
@@ -154,11 +150,7 @@ fn a_follower_of_another_cluster_is_refused() {
 
 #[test]
 fn a_follower_whose_entries_the_leader_dropped_is_told_to_reseed() {
-    let leader_pg = Instance::start(Options::default()).unwrap();
-    let follower_pg = Instance::start(Options::default()).unwrap();
-    for pg in [&leader_pg, &follower_pg] {
-        pg.psql("postgres", SCHEMA).unwrap();
-    }
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
     let dir = tempfile::tempdir().unwrap();
     let extra = "[source]\nheartbeat_interval = \"200ms\"\n[log]\nsegment_bytes = 65536\nretain_max_bytes = 300000\n";
     let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, extra);
@@ -308,11 +300,7 @@ fn followers_seeded_from_empty_databases_replicate_pgbench_through_faults() {
 
 #[test]
 fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
-    let leader_pg = Instance::start(Options::default()).unwrap();
-    let follower_pg = Instance::start(Options::default()).unwrap();
-    for pg in [&leader_pg, &follower_pg] {
-        pg.psql("postgres", SCHEMA).unwrap();
-    }
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
     let dir = tempfile::tempdir().unwrap();
     let mut leader = start_leader(dir.path(), &leader_pg);
     let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");

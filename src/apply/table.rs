@@ -246,15 +246,7 @@ impl Tables {
         entry: EntryId,
         rel_id: u32,
     ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
-        let table = self.get_mut(entry, rel_id)?;
-        if let Some(found) = &table.insert {
-            return Ok((table.meta.clone(), found.clone()));
-        }
-        let (sql, types) = statement::insert_sql(&table.meta);
-        pipeline.settle_copies().await?;
-        let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
-        table.insert = Some(prepared.clone());
-        Ok((table.meta.clone(), prepared))
+        self.prepared_once(client, pipeline, (entry, rel_id), |t| &mut t.insert, statement::insert_sql).await
     }
 
     /// The `COPY ... FROM STDIN` statement of a table, prepared on first use.
@@ -265,14 +257,27 @@ impl Tables {
         entry: EntryId,
         rel_id: u32,
     ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
+        let text = |meta: &TableMeta| (statement::copy_sql(meta), Vec::new());
+        self.prepared_once(client, pipeline, (entry, rel_id), |t| &mut t.copy, text).await
+    }
+
+    /// The table's statement kept in `slot`, prepared from `text` on first use.
+    async fn prepared_once(
+        &mut self,
+        client: &Client,
+        pipeline: &mut Pipeline,
+        (entry, rel_id): (EntryId, u32),
+        slot: fn(&mut Table) -> &mut Option<Statement>,
+        text: fn(&TableMeta) -> (String, Vec<Type>),
+    ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
         let table = self.get_mut(entry, rel_id)?;
-        if let Some(found) = &table.copy {
-            return Ok((table.meta.clone(), found.clone()));
+        if let Some(found) = slot(table).clone() {
+            return Ok((table.meta.clone(), found));
         }
-        let sql = statement::copy_sql(&table.meta);
+        let (sql, types) = text(&table.meta);
         pipeline.settle_copies().await?;
-        let prepared = prepare(client, entry, &table.meta, &sql, &[]).await?;
-        table.copy = Some(prepared.clone());
+        let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
+        *slot(table) = Some(prepared.clone());
         Ok((table.meta.clone(), prepared))
     }
 
