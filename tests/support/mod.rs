@@ -242,7 +242,9 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
-/// Every table's rows, ordered, as text: for comparing two databases.
+/// Every table's rows, ordered, as text: for comparing two databases. A table that cannot
+/// be read (not there yet on a follower still seeding) shows as the error, which equals no
+/// readable table's rows.
 pub fn table_rows(pg: &Instance, tables: &[&str]) -> Vec<(String, String)> {
     tables
         .iter()
@@ -252,7 +254,7 @@ pub fn table_rows(pg: &Instance, tables: &[&str]) -> Vec<(String, String)> {
                     "postgres",
                     &format!("SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {t} x"),
                 )
-                .unwrap();
+                .unwrap_or_else(|e| format!("<cannot read {t}: {e:?}>"));
             (t.to_string(), rows)
         })
         .collect()
