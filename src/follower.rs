@@ -31,6 +31,9 @@ use crate::source::stream::SharedSink;
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
 /// Entries replayed into this node's PostgreSQL (Prometheus counter).
 pub const REPLAY_ENTRIES_APPLIED_TOTAL: &str = "walship_replay_entries_applied_total";
+/// Times replay rolled back a batched transaction and applied its entries again in strict
+/// order (Prometheus counter): each is a divergence, or a batch that could not go at once.
+pub const REPLAY_STRICT_RETRIES_TOTAL: &str = "walship_replay_strict_retries_total";
 /// Under a steady stream, the time between two replay commits.
 pub const REPLAY_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 /// Batches of records read ahead of replay.
@@ -175,6 +178,7 @@ async fn replay_with_retries(
             // Rolled back: apply the same entries again strictly in log order, which stops
             // at the first change that fails, if one does, and names it.
             info!(%first, %last, %reason, "a batched change failed: replaying its entries in strict order");
+            metrics::counter!(REPLAY_STRICT_RETRIES_TOTAL).increment(1);
             strict_through = Some(last.index);
             continue;
         }

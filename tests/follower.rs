@@ -325,6 +325,9 @@ fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
     });
     let log = b.log_text();
     assert!(log.contains("replaying its entries in strict order"), "{}", b.log_tail());
+    let (_, metrics) = support::http_get(b.admin_port, "/metrics").unwrap();
+    let retries = metrics.lines().find_map(|l| l.strip_prefix("walship_replay_strict_retries_total "));
+    assert!(retries.is_some_and(|n| n.trim() != "0"), "{metrics}");
     let after = follower_pg.psql("postgres", "SELECT count(*) FROM accounts WHERE id > 42 AND balance <> 0").unwrap();
     assert_eq!(after.trim(), "0", "nothing past the divergence is applied");
     b.stop();

@@ -34,7 +34,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    use crate::follower::REPLAY_ENTRIES_APPLIED_TOTAL;
+    use crate::follower::{REPLAY_ENTRIES_APPLIED_TOTAL, REPLAY_STRICT_RETRIES_TOTAL};
     use crate::log::committer::{LOG_BYTES_APPENDED_TOTAL, LOG_ENTRIES_APPENDED_TOTAL};
     use crate::relay::client::{SEED_BYTES, SEED_ROWS, SEED_TABLES_DONE};
     use crate::relay::server::{RELAY_BYTES_SENT_TOTAL, RELAY_ENTRIES_SENT_TOTAL};
@@ -60,6 +60,10 @@ fn describe() {
     describe_counter!(RELAY_ENTRIES_SENT_TOTAL, "entries sent to each follower");
     describe_counter!(RELAY_BYTES_SENT_TOTAL, Unit::Bytes, "payload bytes sent to each follower");
     describe_counter!(REPLAY_ENTRIES_APPLIED_TOTAL, "entries replayed into this node's PostgreSQL");
+    describe_counter!(
+        REPLAY_STRICT_RETRIES_TOTAL,
+        "times replay rolled back a batched transaction and applied its entries again in strict log order"
+    );
     describe_counter!(
         crate::apply::REPLAY_ROWS_TOTAL,
         "rows replay sent to this node's PostgreSQL, by method: row (one statement each), copy, set (set-based)"
