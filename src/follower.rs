@@ -299,7 +299,6 @@ impl Group {
         self.inside_entry = matches!(record.kind, RecordKind::Chunk);
         if !self.inside_entry {
             self.pending += 1;
-            metrics::counter!(REPLAY_ENTRIES_APPLIED_TOTAL).increment(1);
         }
     }
 
@@ -307,6 +306,7 @@ impl Group {
         if let Some(p) = applier.commit().await? {
             applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
         }
+        metrics::counter!(REPLAY_ENTRIES_APPLIED_TOTAL).increment(self.pending as u64);
         self.pending = 0;
         self.last_commit = Instant::now();
         Ok(())
