@@ -462,6 +462,8 @@ async fn interleaved_small_transactions_make_long_runs_per_table() {
     pair.assert_replicated();
     let sent = applier.rows_sent();
     assert!(sent.set >= 150 && sent.copy >= 150, "runs across the transactions go in bulk: {sent:?}");
+    // b's 200 updates of 10 keys: only the last update of each key in a batch goes out.
+    assert!(sent.set + sent.row < 300, "repeated updates of a key collapse: {sent:?}");
 
     // Two rows missing on the follower, in two tables: the first one in log order is named,
     // though its table's run went out after the other's.
@@ -563,4 +565,32 @@ async fn a_deferred_constraint_failing_at_commit_is_named_after_strict_replay() 
         other => panic!("expected a divergence, got {other:?}"),
     }
     assert_eq!(pair.on_follower("SELECT count(*) FROM t"), "6", "the six entries before it committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_updates_of_hot_keys_collapse_to_the_last_one() {
+    let schema = "CREATE TABLE c (id int PRIMARY KEY, n int, note text, doc text);
+                  ALTER TABLE c ALTER COLUMN doc SET STORAGE EXTERNAL;";
+    let mut pair = Pair::start(schema, DEFAULT_SPILL_BYTES).await;
+    pair.on_leader("INSERT INTO c SELECT g, 0, 'n', repeat('d', 5000) FROM generate_series(1, 5) g;");
+    // Counters on five keys, with other shapes, a delete and re-insert, and key changes
+    // in between; the TOASTed doc is left alone by most updates (another shape).
+    pair.on_leader(
+        "DO $$ BEGIN FOR i IN 1..300 LOOP
+           UPDATE c SET n = n + i WHERE id = i % 5 + 1;
+           IF i % 7 = 0 THEN UPDATE c SET note = 'note ' || i, n = n - 1 WHERE id = i % 5 + 1; END IF;
+           IF i % 11 = 0 THEN UPDATE c SET doc = repeat('e', 5000) || i WHERE id = i % 5 + 1; END IF;
+           IF i % 13 = 0 THEN
+             DELETE FROM c WHERE id = 3; INSERT INTO c VALUES (3, i, 'again', repeat('f', 5000));
+           END IF;
+           IF i % 50 = 0 THEN UPDATE c SET id = 100 WHERE id = 2; UPDATE c SET id = 2 WHERE id = 100; END IF;
+           COMMIT;
+         END LOOP; END $$;",
+    );
+    let records = pair.records().await;
+    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
+    apply(&mut applier, &records, 1000).await.unwrap();
+    pair.assert_replicated();
+    let sent = applier.rows_sent();
+    assert!(sent.set + sent.row < 300, "300 counter updates on 5 keys collapse: {sent:?}");
 }

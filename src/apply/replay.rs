@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::change::{self, PlanError, TextParam};
 use super::error::ApplyError;
 use super::pipeline::{Check, Op};
-use super::run::{Held, Mode, Run, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
+use super::run::{Held, Key, Mode, Run, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
 use super::statement;
 use super::Applier;
 use crate::log::entry::Items;
@@ -72,7 +72,7 @@ impl Applier {
         rel_id: u32,
         new: Tuple<'_>,
     ) -> Result<(), ApplyError> {
-        let at = self.run_for(entry, rel_id, RunKind::Insert, None).await?;
+        let at = self.run_for(entry, rel_id, RunKind::Insert).await?;
         let run = &mut self.runs.open[at];
         if run.mode == Mode::Copy {
             run.copy.push_row(entry, new).map_err(|reason| malformed(entry, reason))?;
@@ -114,45 +114,76 @@ impl Applier {
             return Err(error);
         }
         let kind = RunKind::Change { shape: self.shape.clone() };
-        let at = self.run_for(entry, rel_id, kind, Some(&params)).await?;
-        self.add_row(at, Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params }).await
+        let mut at = self.run_for(entry, rel_id, kind).await?;
+        let row = Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params };
+        match self.runs.open[at].find_key(&row.params) {
+            Key::New => {}
+            Key::At(earlier) if self.runs.open[at].collapsible && !self.is_strict(entry) => {
+                // Only the last update of a key counts; its row now stands for both, so an
+                // error can no longer name the earlier one.
+                self.reordered = true;
+                return self.replace_row(at, earlier, row);
+            }
+            Key::At(_) | Key::Clash => {
+                let run = self.runs.open.remove(at);
+                let (kind, ordered, collapsible) = (run.kind.clone(), run.ordered, run.collapsible);
+                self.send_run(run).await?;
+                at = self.open_run(Run::new(rel_id, kind, ordered, collapsible)).await?;
+                self.runs.open[at].find_key(&row.params);
+            }
+        }
+        self.add_row(at, row).await
     }
 
-    /// The position of the table's open run of this kind, which has room for a change with
-    /// these key `params`: the table's run of another kind or with that key ended, and every
-    /// other run ended when order across tables must be kept.
-    async fn run_for(
-        &mut self,
-        entry: EntryId,
-        rel_id: u32,
-        kind: RunKind,
-        params: Option<&[TextParam]>,
-    ) -> Result<usize, ApplyError> {
-        let ordered = self.tables.get(entry, rel_id)?.meta.ordered;
-        if ordered || self.is_strict(entry) || self.runs.others_ordered(rel_id) {
+    /// Replaces the run's row at `earlier` with a later update of the same key.
+    fn replace_row(&mut self, at: usize, earlier: usize, row: Held) -> Result<(), ApplyError> {
+        let run = &mut self.runs.open[at];
+        let entry = row.entry;
+        match run.mode {
+            Mode::Holding => match run.held.get_mut(earlier) {
+                Some(held) => *held = row.detach(),
+                None => return Err(malformed(entry, format!("no held row {earlier} to replace"))),
+            },
+            Mode::Set => run.set.replace(earlier, entry, &row.params).map_err(|reason| malformed(entry, reason))?,
+            Mode::RowByRow | Mode::Copy => {
+                return Err(malformed(entry, "a replaced row in a run that keeps none".into()))
+            }
+        }
+        Ok(())
+    }
+
+    /// The position of the table's open run of this kind: the table's run of another kind
+    /// or shape ended, and every other run ended when order across tables must be kept.
+    async fn run_for(&mut self, entry: EntryId, rel_id: u32, kind: RunKind) -> Result<usize, ApplyError> {
+        let meta = self.tables.get(entry, rel_id)?.meta.clone();
+        if meta.ordered || self.is_strict(entry) || self.runs.others_ordered(rel_id) {
             self.end_runs_but(rel_id).await?;
         }
         if let Some(at) = self.runs.find(rel_id) {
-            let run = &mut self.runs.open[at];
-            let same = match (&kind, params) {
-                (RunKind::Change { shape }, Some(params)) => run.is_change(shape) && run.add_key(params),
-                _ => run.is_insert(),
-            };
-            if same {
+            if self.runs.open[at].kind == kind {
                 return Ok(at);
             }
             let run = self.runs.open.remove(at);
             self.send_run(run).await?;
         }
+        let collapsible = match &kind {
+            RunKind::Change { shape } => {
+                shape.first() == Some(&statement::UPDATE)
+                    && !meta.ordered
+                    && statement::set_statement(&meta, shape).is_some()
+            }
+            RunKind::Insert => false,
+        };
+        self.open_run(Run::new(rel_id, kind, meta.ordered, collapsible)).await
+    }
+
+    /// Adds a run after the open ones; returns its position.
+    async fn open_run(&mut self, run: Run) -> Result<usize, ApplyError> {
         if self.runs.open.len() >= MAX_OPEN_RUNS {
             self.end_runs().await?;
         }
         // Rows of this run may now go out before those of runs opened earlier.
         self.reordered |= !self.runs.open.is_empty();
-        let mut run = Run::new(rel_id, kind, ordered);
-        if let Some(params) = params {
-            run.add_key(params);
-        }
         self.runs.open.push(run);
         Ok(self.runs.open.len() - 1)
     }

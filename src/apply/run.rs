@@ -7,9 +7,11 @@
 //! set-based statements (`set`) when their shape allows, else row by row.
 //!
 //! Each table has at most one open run. A change to a table whose open run is of another kind
-//! or shape, or repeats a key of it (a set-based batch has distinct keys; so that a run can
-//! go set-based, its held rows must too), ends that run first: per table, changes go out in
-//! log order. Runs of different tables stay open side by side until the commit, so that the
+//! or shape ends that run first: per table, changes go out in log order. A set-based batch
+//! has distinct keys (and so that a run can go set-based, its held rows must too): an update
+//! of a key the run has replaces that row's values when the run is collapsible (an update
+//! of the same shape assigns the same columns, with values, not deltas, so only the last one
+//! counts), and otherwise ends the run. Runs of different tables stay open side by side until the commit, so that the
 //! interleaved changes of many small transactions (pgbench's: an update of three tables and
 //! an insert into a fourth) still make long runs. Changes to different tables commute: the
 //! apply session fires no foreign-key triggers (`session_replication_role = replica`). Where
@@ -20,7 +22,7 @@
 //! A run may span several entries of the open transaction: they commit together, so each
 //! stays atomic.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use bytes::Bytes;
@@ -91,24 +93,39 @@ impl Held {
     }
 }
 
+/// Whether a change's key is in the run already.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Key {
+    /// Not yet: it is recorded as the next row's.
+    New,
+    /// The row at this position (held, or in the set-based batch) has it.
+    At(usize),
+    /// Another key with the same hash is there: the run must end before this row.
+    Clash,
+}
+
 pub(super) struct Run {
     pub rel_id: u32,
     pub kind: RunKind,
     pub mode: Mode,
     /// The table's changes must keep their order with other tables' (replica triggers).
     pub ordered: bool,
+    /// Updates of one shape that may go set-based: a later update of a key replaces the
+    /// earlier one's values, which it overwrites entirely (same columns, values not deltas).
+    pub collapsible: bool,
     pub held: Vec<Held>,
     pub copy: CopyBatch,
     pub set: SetBatch,
-    /// Hashes of the keys in the held rows or the set-based batch.
-    keys: HashSet<u64>,
+    /// The position of each key's row among the held rows or in the set-based batch, by
+    /// the hash of the key.
+    keys: HashMap<u64, usize>,
     hasher: RandomState,
     /// Of a change run: how many leading parameters are assigned values, not the key.
     set_params: usize,
 }
 
 impl Run {
-    pub fn new(rel_id: u32, kind: RunKind, ordered: bool) -> Run {
+    pub fn new(rel_id: u32, kind: RunKind, ordered: bool, collapsible: bool) -> Run {
         let set_params = match &kind {
             RunKind::Change { shape } => {
                 shape.get(2..).unwrap_or_default().iter().filter(|&&bits| bits & SET != 0).count()
@@ -120,34 +137,45 @@ impl Run {
             kind,
             mode: Mode::Holding,
             ordered,
+            collapsible,
             held: Vec::new(),
             copy: CopyBatch::default(),
             set: SetBatch::default(),
-            keys: HashSet::new(),
+            keys: HashMap::new(),
             hasher: RandomState::new(),
             set_params,
         }
     }
 
-    pub fn is_insert(&self) -> bool {
-        self.kind == RunKind::Insert
-    }
-
-    pub fn is_change(&self, shape: &[u8]) -> bool {
-        matches!(&self.kind, RunKind::Change { shape: s } if s == shape)
-    }
-
-    /// Records the key of a change's `params`; false if the run already has it (then the
-    /// run must end before this row). Row-by-row runs need no keys.
-    pub fn add_key(&mut self, params: &[TextParam]) -> bool {
-        if self.mode == Mode::RowByRow {
-            return true;
-        }
+    /// Looks the key of a change's `params` up among the run's rows, recording it as the
+    /// next row's when new. Row-by-row runs keep no keys: every row is new.
+    pub fn find_key(&mut self, params: &[TextParam]) -> Key {
+        let next = match self.mode {
+            Mode::RowByRow | Mode::Copy => return Key::New,
+            Mode::Holding => self.held.len(),
+            Mode::Set => self.set.len(),
+        };
+        let key = params.get(self.set_params..).unwrap_or_default();
         let mut hasher = self.hasher.build_hasher();
-        for param in params.get(self.set_params..).unwrap_or_default() {
+        for param in key {
             param.0.hash(&mut hasher);
         }
-        self.keys.insert(hasher.finish())
+        let at = *self.keys.entry(hasher.finish()).or_insert(next);
+        if at == next {
+            return Key::New;
+        }
+        let row = match self.mode {
+            Mode::Holding => self.held.get(at).map(|row| row.params.as_slice()),
+            _ => self.set.row(at),
+        };
+        let same = row
+            .and_then(|row| row.get(self.set_params..))
+            .is_some_and(|row| row.len() == key.len() && row.iter().zip(key).all(|(a, b)| a.0 == b.0));
+        if same {
+            Key::At(at)
+        } else {
+            Key::Clash
+        }
     }
 
     /// Forgets the keys: the set-based batch holding them went out.

@@ -1,9 +1,10 @@
-//! The rows of a set-based update or delete, gathered into one array literal per parameter
-//! (see `statement` for the statement that reads them).
+//! The rows of a set-based update or delete, sent as one array literal per parameter (see
+//! `statement` for the statement that reads them).
 //!
-//! A batch holds rows of distinct keys only (the caller starts a new batch when a key comes
-//! again): with the follower's unique index that makes the statement touch exactly one row
-//! per row of the batch when the follower agrees with the leader, which the row count checks.
+//! A batch holds rows of distinct keys only: with the follower's unique index that makes the
+//! statement touch exactly one row per row of the batch when the follower agrees with the
+//! leader, which the row count checks. A later update of a key already in the batch replaces
+//! that row's values (see `run`).
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use super::table::TableMeta;
 use crate::lsn::EntryId;
 
 /// Most rows in one set-based statement.
-pub const SET_BATCH_ROWS: u64 = 10_000;
+pub const SET_BATCH_ROWS: usize = 10_000;
 
 /// What is needed to check a set-based statement's result and name its entries.
 #[derive(Debug)]
@@ -31,10 +32,9 @@ pub(super) struct SetContext {
 pub(super) struct SetBatch {
     /// The table, statement and element delimiters, while a run goes set-based.
     target: Option<(Arc<TableMeta>, Statement, Vec<u8>)>,
-    /// One array literal per parameter, without its closing brace.
-    arrays: Vec<BytesMut>,
+    /// Each row's parameters, copied out of their records.
+    rows: Vec<Vec<TextParam>>,
     bytes: usize,
-    rows: u64,
     entries: Option<(EntryId, EntryId)>,
 }
 
@@ -42,28 +42,14 @@ impl SetBatch {
     /// Opens batches of this statement, whose parameters have these delimiters.
     pub fn start(&mut self, meta: Arc<TableMeta>, statement: Statement, delimiters: Vec<u8>) {
         self.clear();
-        self.arrays = delimiters.iter().map(|_| BytesMut::new()).collect();
         self.target = Some((meta, statement, delimiters));
     }
 
-    /// Appends one row's parameters (as many as the statement has) as array elements.
+    /// Appends one row's parameters (as many as the statement has).
     pub fn push(&mut self, entry: EntryId, params: &[TextParam]) -> Result<(), String> {
-        let Some((_, _, delimiters)) = &self.target else {
-            return Err("a set-based change without its statement".into());
-        };
-        if params.len() != self.arrays.len() {
-            return Err(format!("{} values for a statement of {} parameters", params.len(), self.arrays.len()));
-        }
-        for ((array, param), &delimiter) in self.arrays.iter_mut().zip(params).zip(delimiters) {
-            let before = array.len();
-            array.extend_from_slice(if self.rows == 0 { b"{" } else { std::slice::from_ref(&delimiter) });
-            match &param.0 {
-                Some(text) => push_quoted(array, text),
-                None => array.extend_from_slice(b"NULL"),
-            }
-            self.bytes += array.len() - before;
-        }
-        self.rows += 1;
+        self.check(params)?;
+        self.bytes += row_bytes(params);
+        self.rows.push(copied(params));
         self.entries = Some(match self.entries {
             Some((first, _)) => (first, entry),
             None => (entry, entry),
@@ -71,36 +57,88 @@ impl SetBatch {
         Ok(())
     }
 
-    pub fn is_full(&self) -> bool {
-        self.bytes >= COPY_BATCH_BYTES || self.rows >= SET_BATCH_ROWS
+    /// Replaces the row at `at` (a row of the same key) with a later one.
+    pub fn replace(&mut self, at: usize, entry: EntryId, params: &[TextParam]) -> Result<(), String> {
+        self.check(params)?;
+        let Some(row) = self.rows.get_mut(at) else {
+            return Err(format!("no row {at} in a set-based batch of {}", self.rows.len()));
+        };
+        self.bytes += row_bytes(params);
+        self.bytes -= row_bytes(row);
+        *row = copied(params);
+        if let Some((_, last)) = &mut self.entries {
+            *last = entry;
+        }
+        Ok(())
     }
 
-    /// The statement, its parameters and context, if the batch holds rows; the batch stays
-    /// open for more rows of the same statement.
+    /// The parameters of the row at `at`.
+    pub fn row(&self, at: usize) -> Option<&[TextParam]> {
+        self.rows.get(at).map(Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes >= COPY_BATCH_BYTES || self.rows.len() >= SET_BATCH_ROWS
+    }
+
+    /// The statement, its array parameters and context, if the batch holds rows; the batch
+    /// stays open for more rows of the same statement.
     pub fn take(&mut self) -> Option<(Statement, Vec<TextParam>, SetContext)> {
-        let (meta, statement, _) = self.target.as_ref()?;
+        let (meta, statement, delimiters) = self.target.as_ref()?;
         let (first, last) = self.entries.take()?;
-        let params = self
-            .arrays
-            .iter_mut()
-            .map(|array| {
+        let mut arrays: Vec<BytesMut> =
+            delimiters.iter().map(|_| BytesMut::with_capacity(self.bytes / delimiters.len().max(1) + 16)).collect();
+        for (n, row) in self.rows.iter().enumerate() {
+            for ((array, param), &delimiter) in arrays.iter_mut().zip(row).zip(delimiters) {
+                array.extend_from_slice(if n == 0 { b"{" } else { std::slice::from_ref(&delimiter) });
+                match &param.0 {
+                    Some(text) => push_quoted(array, text),
+                    None => array.extend_from_slice(b"NULL"),
+                }
+            }
+        }
+        let params = arrays
+            .into_iter()
+            .map(|mut array| {
                 array.extend_from_slice(b"}");
-                TextParam(Some(array.split().freeze()))
+                TextParam(Some(array.freeze()))
             })
             .collect();
-        let context = SetContext { meta: meta.clone(), rows: self.rows, first, last };
-        self.rows = 0;
+        let context = SetContext { meta: meta.clone(), rows: self.rows.len() as u64, first, last };
+        self.rows.clear();
         self.bytes = 0;
         Some((statement.clone(), params, context))
     }
 
     pub fn clear(&mut self) {
         self.target = None;
-        self.arrays.clear();
+        self.rows.clear();
         self.bytes = 0;
-        self.rows = 0;
         self.entries = None;
     }
+
+    fn check(&self, params: &[TextParam]) -> Result<(), String> {
+        match &self.target {
+            None => Err("a set-based change without its statement".into()),
+            Some((_, _, delimiters)) if delimiters.len() != params.len() => {
+                Err(format!("{} values for a statement of {} parameters", params.len(), delimiters.len()))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn copied(params: &[TextParam]) -> Vec<TextParam> {
+    params.iter().map(|p| TextParam(p.0.as_ref().map(|b| Bytes::copy_from_slice(b)))).collect()
+}
+
+/// About what a row adds to the arrays: its values, quotes and delimiters.
+fn row_bytes(params: &[TextParam]) -> usize {
+    params.iter().map(|p| p.0.as_ref().map_or(4, |b| b.len() + 3)).sum()
 }
 
 /// Appends `value` as a double-quoted array element: backslash and double quote escaped.
