@@ -122,7 +122,8 @@ impl Applier {
                 // Only the last update of a key counts; its row now stands for both, so an
                 // error can no longer name the earlier one.
                 self.reordered = true;
-                return self.replace_row(at, earlier, row);
+                self.replace_row(at, earlier, row)?;
+                return self.flush_set_if_full(at).await;
             }
             Key::At(_) | Key::Clash => {
                 let run = self.runs.open.remove(at);
@@ -148,6 +149,14 @@ impl Applier {
             Mode::RowByRow | Mode::Copy => {
                 return Err(malformed(entry, "a replaced row in a run that keeps none".into()))
             }
+        }
+        Ok(())
+    }
+
+    /// Sends the run's set-based batch if it grew full (a replaced row may be larger).
+    async fn flush_set_if_full(&mut self, at: usize) -> Result<(), ApplyError> {
+        if self.runs.open[at].mode == Mode::Set && self.runs.open[at].set.is_full() {
+            self.flush_set(at).await?;
         }
         Ok(())
     }

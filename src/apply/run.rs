@@ -11,7 +11,10 @@
 //! has distinct keys (and so that a run can go set-based, its held rows must too): an update
 //! of a key the run has replaces that row's values when the run is collapsible (an update
 //! of the same shape assigns the same columns, with values, not deltas, so only the last one
-//! counts), and otherwise ends the run. Runs of different tables stay open side by side until the commit, so that the
+//! counts), and otherwise ends the run. The earlier update then never runs on the follower:
+//! the final state is the leader's, but a value the follower could not have stored in
+//! between (a narrower column type, a constraint only the follower has) goes unnoticed until
+//! a change that stays does the same; replay in strict order never collapses. Runs of different tables stay open side by side until the commit, so that the
 //! interleaved changes of many small transactions (pgbench's: an update of three tables and
 //! an insert into a fourth) still make long runs. Changes to different tables commute: the
 //! apply session fires no foreign-key triggers (`session_replication_role = replica`). Where

@@ -50,10 +50,7 @@ impl SetBatch {
         self.check(params)?;
         self.bytes += row_bytes(params);
         self.rows.push(copied(params));
-        self.entries = Some(match self.entries {
-            Some((first, _)) => (first, entry),
-            None => (entry, entry),
-        });
+        self.include(entry);
         Ok(())
     }
 
@@ -66,10 +63,20 @@ impl SetBatch {
         self.bytes += row_bytes(params);
         self.bytes -= row_bytes(row);
         *row = copied(params);
-        if let Some((_, last)) = &mut self.entries {
-            *last = entry;
-        }
+        self.include(entry);
         Ok(())
+    }
+
+    /// Widens the batch's range of entries to `entry` (rows replaced while held back may
+    /// come in out of entry order).
+    fn include(&mut self, entry: EntryId) {
+        self.entries = Some(match self.entries {
+            None => (entry, entry),
+            Some((first, last)) => (
+                if entry.index < first.index { entry } else { first },
+                if entry.index > last.index { entry } else { last },
+            ),
+        });
     }
 
     /// The parameters of the row at `at`.
