@@ -118,7 +118,7 @@ impl Applier {
         let row = Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params };
         match self.runs.open[at].find_key(&row.params) {
             Key::New => {}
-            Key::At(earlier) if self.runs.open[at].collapsible && !self.is_strict(entry) => {
+            Key::At(earlier) if self.runs.open[at].collapsible => {
                 // Only the last update of a key counts; its row now stands for both, so an
                 // error can no longer name the earlier one.
                 self.reordered = true;
@@ -175,10 +175,13 @@ impl Applier {
             let run = self.runs.open.remove(at);
             self.send_run(run).await?;
         }
+        // A run opened in strict order never collapses, even past the strict entries: the
+        // row it would replace may be the change strict replay is looking for.
         let collapsible = match &kind {
             RunKind::Change { shape } => {
                 shape.first() == Some(&statement::UPDATE)
                     && !meta.ordered
+                    && !self.is_strict(entry)
                     && statement::set_statement(&meta, shape).is_some()
             }
             RunKind::Insert => false,
