@@ -382,11 +382,7 @@ async fn long_runs_go_in_bulk_for_every_type_family() {
         ));
     }
     pair.on_leader("DELETE FROM types WHERE id % 3 = 0; DELETE FROM odd WHERE id LIKE 'k \"1%';");
-    let records = pair.records().await;
-    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
-    apply(&mut applier, &records, 1000).await.unwrap();
-    pair.assert_replicated();
-    let sent = applier.rows_sent();
+    let sent = pair.replicate().await;
     assert!(sent.copy >= 3 * rows as u64, "inserts go by COPY: {sent:?}");
     assert!(sent.set >= 4 * rows as u64, "long runs of updates and deletes go set-based: {sent:?}");
 }
@@ -587,10 +583,6 @@ async fn repeated_updates_of_hot_keys_collapse_to_the_last_one() {
            COMMIT;
          END LOOP; END $$;",
     );
-    let records = pair.records().await;
-    let mut applier = Applier::connect(&pair.follower_config()).await.unwrap();
-    apply(&mut applier, &records, 1000).await.unwrap();
-    pair.assert_replicated();
-    let sent = applier.rows_sent();
+    let sent = pair.replicate().await;
     assert!(sent.set + sent.row < 300, "300 counter updates on 5 keys collapse: {sent:?}");
 }

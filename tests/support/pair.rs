@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // test support: a failed step is a failed test
 
-use walship::apply::{AppliedPosition, Applier};
+use walship::apply::{AppliedPosition, Applier, RowsSent};
 use walship::localpg::{Instance, Options};
 use walship::log::{Record, RecordKind};
 use walship::lsn::{Index, Lsn, Term};
@@ -61,6 +61,16 @@ impl Pair {
             self.builder.push(&data, &mut out).unwrap();
         }
         out.into_iter().map(record).collect()
+    }
+
+    /// Applies what the leader committed since the last call through a new applier, 1000
+    /// entries per commit; checks that every table matches; returns what the applier sent.
+    pub async fn replicate(&mut self) -> RowsSent {
+        let records = self.records().await;
+        let mut applier = Applier::connect(&self.follower_config()).await.unwrap();
+        apply(&mut applier, &records, 1000).await.unwrap();
+        self.assert_replicated();
+        applier.rows_sent()
     }
 
     /// Every user table holds the same rows on both sides.
