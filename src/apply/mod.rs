@@ -363,9 +363,7 @@ impl Applier {
         }
         error
     }
-}
 
-impl Applier {
     /// An error of a change in a transaction whose changes went out of log order or in
     /// batches, or failed at the commit of several entries, says neither which change failed
     /// first nor which one: it becomes [`ApplyError::Batched`], which asks for the same
@@ -380,19 +378,15 @@ impl Applier {
         let (table, reason) = match &error {
             ApplyError::Batched { table, reason, .. } => (table.clone(), reason.clone()),
             ApplyError::Divergence { table, .. } => (table.clone(), error.to_string()),
-            ApplyError::Change { source, .. } if source.code().is_some_and(is_data_error) => {
+            // Not a lost connection, a cancel or a deadlock: replay in strict order would meet
+            // it again at one change.
+            ApplyError::Change { .. } if error.class() != crate::error::ErrorClass::Retry => {
                 (String::new(), error.to_string())
             }
             _ => return error,
         };
         ApplyError::Batched { first, last, table, reason }
     }
-}
-
-/// A SQLSTATE that says something about the data or schema, which replay in strict order
-/// would meet again at one change: not a connection's, a cancel's or a resource's.
-fn is_data_error(code: &tokio_postgres::error::SqlState) -> bool {
-    crate::error::ErrorClass::of_sqlstate(code.code()) != crate::error::ErrorClass::Retry
 }
 
 /// Runs walship's pending migrations, as [`Applier::connect`] does; for the snapshot loader

@@ -145,7 +145,9 @@ impl Applier {
                 Some(held) => *held = row.detach(),
                 None => return Err(malformed(entry, format!("no held row {earlier} to replace"))),
             },
-            Mode::Set => run.set.replace(earlier, entry, &row.params).map_err(|reason| malformed(entry, reason))?,
+            Mode::Set => {
+                run.set.replace(earlier, entry, row.detach().params).map_err(|reason| malformed(entry, reason))?
+            }
             Mode::RowByRow | Mode::Copy => {
                 return Err(malformed(entry, "a replaced row in a run that keeps none".into()))
             }
@@ -216,7 +218,8 @@ impl Applier {
                 Ok(())
             }
             Mode::Set => {
-                run.set.push(row.entry, &row.params).map_err(|reason| malformed(row.entry, reason))?;
+                let row = row.detach();
+                run.set.push(row.entry, row.params).map_err(|reason| malformed(row.entry, reason))?;
                 if run.set.is_full() {
                     self.flush_set(at).await?;
                 }
@@ -262,7 +265,7 @@ impl Applier {
         };
         run.set.start(meta, statement, delimiters);
         for row in std::mem::take(&mut run.held) {
-            run.set.push(row.entry, &row.params).map_err(|reason| malformed(row.entry, reason))?;
+            run.set.push(row.entry, row.params).map_err(|reason| malformed(row.entry, reason))?;
         }
         run.mode = Mode::Set;
         self.reordered = true;
@@ -297,8 +300,7 @@ impl Applier {
             self.send_row(run.rel_id, &run.kind, row).await?;
         }
         if let Some((statement, data, context)) = run.copy.take() {
-            self.rows_sent.copy += context.rows;
-            self.pipeline.push(Op::copy(&self.client, statement, data, context)).await?;
+            self.push_copy(statement, data, context).await?;
         }
         if let Some((statement, params, context)) = run.set.take() {
             self.push_set(statement, params, context).await?;
@@ -342,6 +344,15 @@ impl Applier {
     /// Sends the COPY batch of the run at `at`, which stays open.
     async fn flush_copy(&mut self, at: usize) -> Result<(), ApplyError> {
         let Some((statement, data, context)) = self.runs.open[at].copy.take() else { return Ok(()) };
+        self.push_copy(statement, data, context).await
+    }
+
+    async fn push_copy(
+        &mut self,
+        statement: tokio_postgres::Statement,
+        data: Bytes,
+        context: super::copy::CopyContext,
+    ) -> Result<(), ApplyError> {
         self.rows_sent.copy += context.rows;
         self.pipeline.push(Op::copy(&self.client, statement, data, context)).await
     }

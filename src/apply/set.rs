@@ -32,7 +32,7 @@ pub(super) struct SetContext {
 pub(super) struct SetBatch {
     /// The table, statement and element delimiters, while a run goes set-based.
     target: Option<(Arc<TableMeta>, Statement, Vec<u8>)>,
-    /// Each row's parameters, copied out of their records.
+    /// Each row's parameters, copied out of their records (see `run::Held::detach`).
     rows: Vec<Vec<TextParam>>,
     bytes: usize,
     entries: Option<(EntryId, EntryId)>,
@@ -45,24 +45,25 @@ impl SetBatch {
         self.target = Some((meta, statement, delimiters));
     }
 
-    /// Appends one row's parameters (as many as the statement has).
-    pub fn push(&mut self, entry: EntryId, params: &[TextParam]) -> Result<(), String> {
-        self.check(params)?;
-        self.bytes += row_bytes(params);
-        self.rows.push(copied(params));
+    /// Appends one row's parameters (as many as the statement has), which must not point
+    /// into a record: the batch may outlive it.
+    pub fn push(&mut self, entry: EntryId, params: Vec<TextParam>) -> Result<(), String> {
+        self.check(&params)?;
+        self.bytes += row_bytes(&params);
+        self.rows.push(params);
         self.include(entry);
         Ok(())
     }
 
     /// Replaces the row at `at` (a row of the same key) with a later one.
-    pub fn replace(&mut self, at: usize, entry: EntryId, params: &[TextParam]) -> Result<(), String> {
-        self.check(params)?;
+    pub fn replace(&mut self, at: usize, entry: EntryId, params: Vec<TextParam>) -> Result<(), String> {
+        self.check(&params)?;
         let Some(row) = self.rows.get_mut(at) else {
             return Err(format!("no row {at} in a set-based batch of {}", self.rows.len()));
         };
-        self.bytes += row_bytes(params);
+        self.bytes += row_bytes(&params);
         self.bytes -= row_bytes(row);
-        *row = copied(params);
+        *row = params;
         self.include(entry);
         Ok(())
     }
@@ -137,10 +138,6 @@ impl SetBatch {
             Some(_) => Ok(()),
         }
     }
-}
-
-fn copied(params: &[TextParam]) -> Vec<TextParam> {
-    params.iter().map(|p| TextParam(p.0.as_ref().map(|b| Bytes::copy_from_slice(b)))).collect()
 }
 
 /// About what a row adds to the arrays: its values, quotes and delimiters.
