@@ -13,7 +13,7 @@ use serde_json::{Map, Value as Json};
 use crate::log::entry::{self, EntryError, EntryHeader, EntryKind};
 use crate::log::{LogError, LogReader, Record, RecordKind};
 use crate::lsn::{EntryId, Index};
-use crate::source::pgoutput::{self, DecodeError, Message, OldTuple, Tuple, Value};
+use crate::pgoutput::{self, DecodeError, Message, OldTuple, Tuple, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -238,7 +238,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// PostgreSQL microseconds since 2000-01-01 as RFC 3339 UTC, e.g. `2026-11-26T13:10:01.123456Z`.
 pub fn format_pg_time(pg_micros: i64) -> String {
-    let unix = pg_micros.saturating_add(crate::source::conn::PG_EPOCH_OFFSET_MICROS);
+    let unix = pg_micros.saturating_add(crate::lsn::PG_EPOCH_OFFSET_MICROS);
     let secs = unix.div_euclid(1_000_000);
     let micros = unix.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
@@ -271,6 +271,6 @@ mod tests {
         assert_eq!(format_pg_time(-1), "1999-12-31T23:59:59.999999Z");
         // 2024-02-29T12:34:56.789012Z
         let unix = 1_709_210_096_789_012i64;
-        assert_eq!(format_pg_time(unix - crate::source::conn::PG_EPOCH_OFFSET_MICROS), "2024-02-29T12:34:56.789012Z");
+        assert_eq!(format_pg_time(unix - crate::lsn::PG_EPOCH_OFFSET_MICROS), "2024-02-29T12:34:56.789012Z");
     }
 }

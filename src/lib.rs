@@ -16,6 +16,7 @@ pub mod localpg;
 pub mod log;
 pub mod lsn;
 pub mod node;
+pub mod pgoutput;
 pub mod relay;
 pub mod seed;
 pub mod sidecar;

@@ -10,6 +10,10 @@
 //!
 //! Fields that hold a position say which stage it belongs to (`received_index`,
 //! `flushed_index`, `applied_index`), never a bare `index`.
+//!
+//! Times travel as microseconds: PostgreSQL's (since 2000-01-01, as commit timestamps and
+//! standby status updates carry them) or Unix's; [`now_pg_micros`] and [`unix_micros_now`]
+//! read the clock in each.
 
 use std::fmt;
 use std::str::FromStr;
@@ -107,4 +111,18 @@ mod tests {
             assert!(text.parse::<Lsn>().is_err(), "{text:?} parsed");
         }
     }
+}
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Now, in PostgreSQL's microseconds since 2000-01-01.
+pub fn now_pg_micros() -> i64 {
+    unix_micros_now() - PG_EPOCH_OFFSET_MICROS
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn unix_micros_now() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }

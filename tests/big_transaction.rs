@@ -14,7 +14,7 @@ use walship::localpg::{Instance, Options};
 use walship::log::entry::{chunk_items, decode_entry};
 use walship::log::{LogReader, RecordKind};
 use walship::lsn::{Index, Lsn};
-use walship::source::pgoutput::{self, Message};
+use walship::pgoutput::{self, Message};
 
 const ROWS: u64 = 1_000_000;
 const ROW_BYTES: u64 = 2_000;

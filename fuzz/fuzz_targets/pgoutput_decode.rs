@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use walship::source::pgoutput::{decode, Message, OldTuple, Tuple};
+use walship::pgoutput::{decode, Message, OldTuple, Tuple};
 
 fn walk(tuple: Tuple<'_>) {
     let values = tuple.values();

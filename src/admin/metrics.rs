@@ -6,9 +6,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Role;
 use crate::log::LogError;
+use crate::lsn::now_pg_micros;
 use crate::node::NodeView;
 use crate::relay::progress::FollowerProgress;
-use crate::source::conn::now_pg_micros;
 
 use super::status::lag;
 

@@ -9,11 +9,11 @@ use crate::config::Role;
 use crate::log::committer::Durable;
 use crate::log::marks::EntryMarks;
 use crate::log::LogError;
+use crate::lsn::now_pg_micros;
 use crate::lsn::{Index, Lsn};
 use crate::node::NodeView;
 use crate::relay::progress::FollowerProgress;
 use crate::seed::SeedProgress;
-use crate::source::conn::now_pg_micros;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {

@@ -15,7 +15,7 @@ use super::error::truncate_key;
 use super::error::KEY_DISPLAY_CHARS;
 use super::statement::{BY_KEY, DELETE, FULL_ROW, SET, UPDATE, WHERE_EQ, WHERE_NULL, WHERE_TEXT};
 use super::table::TableMeta;
-use crate::source::pgoutput::{self, Message, OldTuple, Tuple, Value};
+use crate::pgoutput::{self, Message, OldTuple, Tuple, Value};
 
 /// A value in its type's text form, sent as a text-format parameter of whatever type
 /// PostgreSQL infers for it. `None` is NULL. Shares the record's buffer.

@@ -14,7 +14,7 @@ use tokio_postgres::Statement;
 use super::change::TextParam;
 use super::table::TableMeta;
 use crate::lsn::EntryId;
-use crate::source::pgoutput::{Tuple, Value};
+use crate::pgoutput::{Tuple, Value};
 
 /// A batch is sent once it holds this many bytes of COPY data.
 pub const COPY_BATCH_BYTES: usize = 1 << 20;

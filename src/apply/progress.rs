@@ -8,10 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::Row;
 
-use crate::lsn::{EntryId, Index, Lsn, Term};
-
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+use crate::lsn::{EntryId, Index, Lsn, Term, PG_EPOCH_OFFSET_MICROS};
 
 /// The last entry applied: its id and the leader positions it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +63,7 @@ pub(super) fn from_row(row: &Row) -> Result<AppliedPosition, tokio_postgres::Err
 }
 
 pub(super) fn pg_micros_to_time(pg_micros: i64) -> SystemTime {
-    let unix = pg_micros.saturating_add(PG_EPOCH_UNIX_MICROS);
+    let unix = pg_micros.saturating_add(PG_EPOCH_OFFSET_MICROS);
     let magnitude = Duration::from_micros(unix.unsigned_abs());
     if unix >= 0 {
         UNIX_EPOCH + magnitude
@@ -80,7 +77,7 @@ pub(super) fn time_to_pg_micros(time: SystemTime) -> i64 {
         Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
         Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
     };
-    unix.saturating_sub(PG_EPOCH_UNIX_MICROS)
+    unix.saturating_sub(PG_EPOCH_OFFSET_MICROS)
 }
 
 #[cfg(test)]
@@ -89,9 +86,9 @@ mod tests {
 
     #[test]
     fn commit_times_round_trip() {
-        for micros in [0, 1, -1, 770_000_000_123_456, -PG_EPOCH_UNIX_MICROS - 5] {
+        for micros in [0, 1, -1, 770_000_000_123_456, -PG_EPOCH_OFFSET_MICROS - 5] {
             assert_eq!(time_to_pg_micros(pg_micros_to_time(micros)), micros);
         }
-        assert_eq!(pg_micros_to_time(-PG_EPOCH_UNIX_MICROS), UNIX_EPOCH);
+        assert_eq!(pg_micros_to_time(-PG_EPOCH_OFFSET_MICROS), UNIX_EPOCH);
     }
 }

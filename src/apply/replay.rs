@@ -11,7 +11,7 @@ use super::statement;
 use super::Applier;
 use crate::log::entry::Items;
 use crate::lsn::EntryId;
-use crate::source::pgoutput::{self, Message, OldTuple, RelIds, Tuple};
+use crate::pgoutput::{self, Message, OldTuple, RelIds, Tuple};
 
 impl Applier {
     /// Applies the items of one record; `payload` is the buffer they point into.

@@ -48,7 +48,7 @@ use std::fmt::Write as _;
 use tokio_postgres::types::{Kind, Type};
 
 use super::table::{ColumnMeta, TableMeta};
-use crate::source::pgoutput::{TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY};
+use crate::pgoutput::{TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY};
 
 pub(super) const UPDATE: u8 = b'U';
 pub(super) const DELETE: u8 = b'D';

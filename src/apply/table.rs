@@ -17,7 +17,7 @@ use super::error::ApplyError;
 use super::pipeline::Pipeline;
 use super::statement;
 use crate::lsn::EntryId;
-use crate::source::pgoutput::{Relation, COLUMN_KEY};
+use crate::pgoutput::{Relation, COLUMN_KEY};
 
 /// Prepared update and delete statements kept per table. Shapes multiply with the NULL
 /// patterns of replica identity FULL rows; past this many the table's cache starts afresh.

@@ -21,6 +21,7 @@ use crate::log::committer::Durable;
 use crate::log::entry::EntryHeader;
 use crate::log::tail::Tail;
 use crate::log::{Log, LogError, Record, RecordKind};
+use crate::lsn::unix_micros_now;
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::relay::progress::Followers;
 use crate::relay::{
@@ -28,7 +29,6 @@ use crate::relay::{
     StreamStart, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
 use crate::seed::{Export, SeedError};
-use crate::source::conn::unix_micros_now;
 
 /// Entries and payload bytes sent to each follower (Prometheus counters, label `follower`).
 pub const RELAY_ENTRIES_SENT_TOTAL: &str = "walship_relay_entries_sent_total";

@@ -80,7 +80,7 @@ impl Load {
             .map_err(pg("begin the load"))?;
         catalog::check_empty(&client).await?;
         check_no_progress(&client).await?;
-        let commit_time = crate::source::conn::now_pg_micros();
+        let commit_time = crate::lsn::now_pg_micros();
         let position =
             position.map(|index| AppliedPosition { id: EntryId { term, index }, end_lsn: snapshot_lsn, commit_time });
         info!(position = ?position.map(|p| p.id), snapshot_lsn = %snapshot_lsn, "seed load started");

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::log::entry::{self, EntryHeader, EntryKind, HEADER_BYTES};
 use crate::lsn::{EntryId, Index, Lsn, Term};
-use crate::source::pgoutput::{self, DecodeError, Message};
+use crate::pgoutput::{self, DecodeError, Message};
 
 /// Default size beyond which an open transaction is spilled as a chunk record.
 pub const DEFAULT_SPILL_BYTES: usize = 4 << 20;
@@ -222,7 +222,7 @@ impl EntryBuilder {
         }
         let (kind, commit_time) = match (prefix, parse_heartbeat(content)) {
             (entry::HEARTBEAT_PREFIX, Some(beat)) => (EntryKind::Heartbeat, beat.emitted_pg_micros),
-            _ => (EntryKind::Message, crate::source::conn::now_pg_micros()),
+            _ => (EntryKind::Message, crate::lsn::now_pg_micros()),
         };
         let end_lsn = lsn;
         let mut buf = BytesMut::with_capacity(HEADER_BYTES + 4 + data.len());
@@ -274,7 +274,7 @@ pub fn parse_heartbeat(content: &[u8]) -> Option<Heartbeat> {
     if parts.next().is_some() {
         return None;
     }
-    let emitted_pg_micros = unix.checked_sub(crate::source::conn::PG_EPOCH_OFFSET_MICROS)?;
+    let emitted_pg_micros = unix.checked_sub(crate::lsn::PG_EPOCH_OFFSET_MICROS)?;
     Some(Heartbeat { node, term, emitted_pg_micros })
 }
 
@@ -396,7 +396,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         let (beat_id, beat, _) = entry(&out[0]);
         assert_eq!((beat_id.index, beat.kind, beat.end_lsn), (Index(4), EntryKind::Heartbeat, Lsn(0x340)));
-        assert_eq!(beat.commit_time, 1_700_000_000_000_000 - crate::source::conn::PG_EPOCH_OFFSET_MICROS);
+        assert_eq!(beat.commit_time, 1_700_000_000_000_000 - crate::lsn::PG_EPOCH_OFFSET_MICROS);
         let (txn_id, txn, items) = entry(&out[1]);
         assert_eq!((txn_id.index, txn.commit_lsn), (Index(5), Lsn(0x340)));
         assert_eq!(items, vec![relation(5, "t"), insert(5, "new")]);

@@ -7,7 +7,7 @@
 //! against [`MAX_BACKEND_MESSAGE_BYTES`] before anything is buffered for it.
 
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -30,9 +30,6 @@ pub const READ_CHUNK_BYTES: usize = 4 << 20;
 pub const SOCKET_RECV_BUFFER_BYTES: u32 = 8 << 20;
 /// How long connecting and authenticating may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
@@ -420,14 +417,4 @@ fn field(row: &[Option<String>], i: usize) -> Result<&str, ReplError> {
 
 fn parse_lsn(text: &str) -> Result<Lsn, ReplError> {
     text.parse().map_err(|_| ReplError::Protocol(format!("invalid LSN {text:?}")))
-}
-
-/// Now, in PostgreSQL's microseconds since 2000-01-01.
-pub fn now_pg_micros() -> i64 {
-    unix_micros_now() - PG_EPOCH_OFFSET_MICROS
-}
-
-pub fn unix_micros_now() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }

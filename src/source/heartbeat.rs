@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::log::entry::HEARTBEAT_PREFIX;
+use crate::lsn::unix_micros_now;
 use crate::lsn::Term;
 use crate::source::builder::heartbeat_content;
-use crate::source::conn::unix_micros_now;
 
 /// How much WAL the leader's slot holds back (Prometheus gauge), sampled every
 /// [`SLOT_SAMPLE_INTERVAL`].

@@ -16,7 +16,6 @@
 pub mod builder;
 pub mod conn;
 pub mod heartbeat;
-pub mod pgoutput;
 pub mod setup;
 pub mod stream;
 mod tail;

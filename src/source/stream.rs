@@ -14,8 +14,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::message::{backend, frontend};
 
+use crate::lsn::now_pg_micros;
 use crate::lsn::Lsn;
-use crate::source::conn::{now_pg_micros, server_error, ReplError, MAX_BACKEND_MESSAGE_BYTES, READ_CHUNK_BYTES};
+use crate::source::conn::{server_error, ReplError, MAX_BACKEND_MESSAGE_BYTES, READ_CHUNK_BYTES};
 
 /// A read of at least this many bytes means the stream is busy.
 pub const BUSY_READ_BYTES: usize = 16 << 10;
