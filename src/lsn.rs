@@ -92,6 +92,20 @@ impl fmt::Display for EntryId {
     }
 }
 
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Now, in PostgreSQL's microseconds since 2000-01-01.
+pub fn now_pg_micros() -> i64 {
+    unix_micros_now() - PG_EPOCH_OFFSET_MICROS
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn unix_micros_now() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,18 +125,4 @@ mod tests {
             assert!(text.parse::<Lsn>().is_err(), "{text:?} parsed");
         }
     }
-}
-
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-/// Now, in PostgreSQL's microseconds since 2000-01-01.
-pub fn now_pg_micros() -> i64 {
-    unix_micros_now() - PG_EPOCH_OFFSET_MICROS
-}
-
-/// Now, in microseconds since the Unix epoch.
-pub fn unix_micros_now() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }

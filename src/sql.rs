@@ -5,6 +5,26 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tracing::debug;
 
+/// An SQL identifier in double quotes, inner quotes doubled, as PostgreSQL's `quote_ident`
+/// does for any name (it also quotes names that would not need it).
+pub fn quote_ident(name: &str) -> String {
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            quoted.push('"');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// `schema.name`, each part quoted.
+pub fn quote_qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
 /// An ordinary SQL connection, its driver running on its own task.
 pub async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut pg = pg.clone();

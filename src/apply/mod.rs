@@ -245,7 +245,7 @@ impl Applier {
             .await
             .map_err(pg("find the current database"))?;
         let database: String = row.try_get(0).map_err(pg("find the current database"))?;
-        let database = table::quote_ident(&database);
+        let database = crate::sql::quote_ident(&database);
         let sql = if on {
             format!("ALTER DATABASE {database} SET default_transaction_read_only = on")
         } else {

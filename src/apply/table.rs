@@ -18,6 +18,7 @@ use super::pipeline::Pipeline;
 use super::statement;
 use crate::lsn::EntryId;
 use crate::pgoutput::{Relation, COLUMN_KEY};
+use crate::sql::{quote_ident, quote_qualified};
 
 /// Prepared update and delete statements kept per table. Shapes multiply with the NULL
 /// patterns of replica identity FULL rows; past this many the table's cache starts afresh.
@@ -347,7 +348,7 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
         unique_keys.extend(positions.filter(|p| !p.is_empty()));
     }
     Ok(TableMeta {
-        sql_name: format!("{}.{}", quote_ident(namespace), quote_ident(relation.name)),
+        sql_name: quote_qualified(namespace, relation.name),
         display,
         partitioned,
         columns,
@@ -398,18 +399,4 @@ async fn follower_columns(
         }
     }
     Ok((table, columns))
-}
-
-/// An SQL identifier in double quotes, inner quotes doubled.
-pub(super) fn quote_ident(name: &str) -> String {
-    let mut quoted = String::with_capacity(name.len() + 2);
-    quoted.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            quoted.push('"');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    quoted
 }

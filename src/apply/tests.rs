@@ -6,8 +6,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::change::{key_from_detail, key_text, plan, PlanError, TextParam};
 use super::statement::{change_sql, copy_sql, insert_sql, param_types, set_statement, truncate_sql};
-use super::table::{quote_ident, ColumnMeta, TableMeta};
+use super::table::{ColumnMeta, TableMeta};
 use crate::pgoutput::{self, Message};
+use crate::sql::quote_ident;
 
 fn meta(partitioned: bool) -> Arc<TableMeta> {
     let column = |name: &str, key: bool, has_eq: bool| ColumnMeta {

@@ -6,6 +6,7 @@
 use tokio_postgres::Client;
 
 use super::error::{pg, SeedError};
+use crate::sql::{quote_ident, quote_qualified};
 
 /// One table to copy, as the leader reads it.
 pub(super) struct TableSpec {
@@ -70,7 +71,7 @@ pub(super) async fn published_tables(client: &Client, publication: &str) -> Resu
 /// A plain `COPY table TO` where it can (the fast path); a query where rows must be filtered
 /// or the table is partitioned (published through its root: its partitions' rows).
 fn copy_out_sql(schema: &str, name: &str, columns: &[String], partitioned: bool, filter: Option<&str>) -> String {
-    let table = qualified(schema, name);
+    let table = quote_qualified(schema, name);
     let list = column_list(columns);
     match (partitioned, filter) {
         (false, None) => format!("COPY {table} {list} TO STDOUT"),
@@ -89,7 +90,7 @@ pub(super) async fn lock_tables(client: &Client, tables: &[TableSpec]) -> Result
     if tables.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = tables.iter().map(|t| qualified(&t.schema, &t.name)).collect();
+    let names: Vec<String> = tables.iter().map(|t| quote_qualified(&t.schema, &t.name)).collect();
     let sql = format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", "));
     client.batch_execute(&sql).await.map_err(pg("lock the published tables"))
 }
@@ -134,14 +135,6 @@ pub(super) fn column_list(columns: &[String]) -> String {
 /// `a, b`.
 fn quoted_columns(columns: &[String]) -> String {
     columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
-}
-
-pub(super) fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(name))
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[cfg(test)]

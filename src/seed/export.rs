@@ -202,7 +202,7 @@ fn table_error<'a>(
 ) -> impl FnOnce(tokio_postgres::Error) -> SeedError + 'a {
     move |source| {
         let table = next_table.checked_sub(1).and_then(|i| tables.get(i));
-        let table = table.map(|t| catalog::qualified(&t.schema, &t.name)).unwrap_or_default();
+        let table = table.map(|t| crate::sql::quote_qualified(&t.schema, &t.name)).unwrap_or_default();
         SeedError::Table { table, what, source }
     }
 }

@@ -7,13 +7,14 @@ use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 use tracing::{info, warn};
 
-use super::catalog::{self, column_list, qualified};
+use super::catalog::{self, column_list};
 use super::error::{pg, SeedError};
 use super::export::count_rows;
 use super::{ProgressLog, SeedProgress};
 use crate::apply::AppliedPosition;
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::relay::Message;
+use crate::sql::quote_qualified;
 
 /// On top of the apply session's settings: read values in the form the leader wrote them.
 const LOAD_SETUP: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres";
@@ -163,7 +164,7 @@ impl Load {
     }
 
     async fn start_table(&mut self, schema: &str, name: &str, columns: &[String]) -> Result<TableLoad, SeedError> {
-        let table = qualified(schema, name);
+        let table = quote_qualified(schema, name);
         let sql = format!("COPY {table} {} FROM STDIN", column_list(columns));
         match self.client.copy_in::<_, Bytes>(&sql).await {
             Ok(sink) => {

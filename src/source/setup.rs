@@ -9,6 +9,7 @@ use crate::lsn::Lsn;
 use crate::node::{LeaderState, NodeState};
 use crate::source::conn::{ReplConnection, SystemId};
 use crate::source::SourceError;
+use crate::sql::quote_ident;
 
 /// Creates the publication (all tables) when missing, and warns about published tables whose
 /// UPDATEs and DELETEs PostgreSQL would reject for lack of a replica identity.
@@ -126,9 +127,4 @@ async fn check_existing(
         ))),
         _ => Ok(()),
     }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
