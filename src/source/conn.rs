@@ -19,49 +19,14 @@ use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
 use crate::lsn::Lsn;
-use crate::source::stream::{Frame, FrameBuf, ReplStream, StdTransport};
+use crate::source::stream::{ReplStream, StdTransport};
+pub use crate::source::wire::ReplError;
+use crate::source::wire::{server_error, Frame, FrameBuf};
 
-/// Largest backend message accepted. PostgreSQL values are at most 1 GiB; a row carrying one
-/// plus protocol overhead fits.
-pub const MAX_BACKEND_MESSAGE_BYTES: usize = (1 << 30) + (1 << 20);
-/// Bytes asked of the socket per read.
-pub const READ_CHUNK_BYTES: usize = 4 << 20;
 /// Kernel receive buffer requested for the replication socket.
 pub const SOCKET_RECV_BUFFER_BYTES: u32 = 8 << 20;
 /// How long connecting and authenticating may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReplError {
-    #[error("cannot reach PostgreSQL at {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
-    #[error("connection to PostgreSQL lost: {0}")]
-    Io(#[from] io::Error),
-    #[error("PostgreSQL closed the replication connection")]
-    Closed,
-    #[error("timed out connecting to PostgreSQL at {0}")]
-    Timeout(String),
-    #[error("PostgreSQL {severity} {code}: {message}")]
-    Server { severity: String, code: String, message: String },
-    #[error("authentication: {0}")]
-    Auth(String),
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    #[error("backend message of {len} bytes exceeds the {MAX_BACKEND_MESSAGE_BYTES}-byte limit")]
-    TooLarge { len: usize },
-    #[error("connection settings: {0}")]
-    Config(String),
-}
-
-impl ReplError {
-    /// SQLSTATE of a server error.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            ReplError::Server { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
 
 /// The result of `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`.
 #[derive(Debug, Clone)]
@@ -371,21 +336,6 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
         Some(Host::Unix(p)) => format!("{}/.s.PGSQL.{port}", p.display()),
         None => format!("127.0.0.1:{port}"),
     }
-}
-
-pub(crate) fn server_error(body: &backend::ErrorResponseBody) -> ReplError {
-    let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
-    let mut fields = body.fields();
-    while let Ok(Some(f)) = fields.next() {
-        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
-        match f.type_() {
-            b'S' => severity = value,
-            b'C' => code = value,
-            b'M' => message = value,
-            _ => {}
-        }
-    }
-    ReplError::Server { severity, code, message }
 }
 
 fn text_row(row: &backend::DataRowBody) -> Result<Vec<Option<String>>, ReplError> {

@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod setup;
 pub mod stream;
 mod tail;
+pub mod wire;
 
 use std::sync::{Arc, Mutex};
 
