@@ -25,7 +25,6 @@ use crate::log::{Log, LogError, Record, RecordKind};
 use crate::lsn::{EntryId, Index};
 use crate::node::{NodeState, RoleChannels};
 use crate::relay::client::{self, Applied, FollowError, FollowerLink};
-use crate::source::stream::SharedSink;
 
 /// Most leader transactions grouped into one follower transaction.
 pub const REPLAY_GROUP_ENTRIES: usize = 1000;
@@ -103,8 +102,7 @@ pub async fn run(
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
         let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, seeding, .. } = channels;
         let durable_rx = durable_tx.subscribe();
-        let writer = Writer::spawn(log.clone(), start, rx, SharedSink::default(), durable_tx, marks)
-            .map_err(FollowerError::Thread)?;
+        let writer = Writer::spawn(log.clone(), start, rx, (), durable_tx, marks).map_err(FollowerError::Thread)?;
         let applied_rx = applied_tx.subscribe();
         let stop = cancel.child_token();
         let replay =

@@ -1,23 +1,40 @@
 //! The log committer: one thread that appends records and group-commits them, for the leader
 //! (records its source built) and for followers (records received from the leader).
 //!
-//! Records come in batches through a bounded channel; the writer appends every
-//! batch waiting, fsyncs once, and only then publishes the new durable position. That position
-//! is what the source reports to PostgreSQL as flushed, so nothing is confirmed before it is
-//! on disk.
+//! Records come in batches through a bounded channel; the writer appends every batch waiting,
+//! fsyncs once, and only then publishes the new durable position. That position is what the
+//! leader reports to PostgreSQL as flushed and a follower acknowledges as `flushed`.
+//!
+//! # Durability ordering of one group
+//!
+//! 1. Lock the log; append the first batch and whatever else is queued, up to
+//!    [`GROUP_COMMIT_BYTES`].
+//! 2. If the previous fsync was less than [`GROUP_COMMIT_WINDOW`] ago, unlock, sleep the rest
+//!    of the window, lock again and append what arrived meanwhile. Unlocking in the middle of a
+//!    group is safe: the log's readers (relay, replay, retention) are bounded by the *fsynced*
+//!    position, so they cannot see a record appended but not yet synced; and only this thread
+//!    appends.
+//! 3. `fsync` ([`Log::flush`]). An error ends the thread: nothing of the group is published.
+//! 4. Unlock, then mark the group's entries ([`EntryMarks`], used for lag) and publish
+//!    [`Durable`] on the watch channel.
+//! 5. Tell the [`DurableListener`] (the leader's: PostgreSQL's standby status), on this
+//!    thread, so the report leaves as soon as the fsync returned.
+//!
+//! So a position is published or reported only after the fsync that covers it, never before;
+//! and [`Durable::end_lsn`] advances only with a complete entry, never with the chunks of a
+//! transaction still being spilled, whose end is unknown until its entry record is written.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::log::entry::{EntryError, EntryHeader};
 use crate::log::marks::{EntryMarks, Mark};
 use crate::log::{Log, LogError, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
-use crate::source::builder::Output;
-use crate::source::stream::SharedSink;
 
 /// Batches that may wait for the writer; with the source's batch size this bounds the memory
 /// between network and disk.
@@ -31,6 +48,45 @@ pub const LOG_BYTES_APPENDED_TOTAL: &str = "walship_log_bytes_appended_total";
 /// Under sustained load, the writer lets this long pass between fsyncs so each one covers
 /// more; after an idle period it fsyncs at once.
 pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+
+/// A record to append: a chunk of a transaction too large to hold in memory, or a whole
+/// entry. The leader's entry builder makes them; a follower receives them from its leader.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Chunk {
+        id: EntryId,
+        payload: Bytes,
+    },
+    /// `end_lsn`: the leader WAL position just past the entry's transaction.
+    Entry {
+        id: EntryId,
+        payload: Bytes,
+        end_lsn: Lsn,
+    },
+}
+
+impl Output {
+    pub fn len(&self) -> usize {
+        match self {
+            Output::Chunk { payload, .. } | Output::Entry { payload, .. } => payload.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Told every new durable position right after the fsync that made it durable, on the writer
+/// thread. The leader tells PostgreSQL; a follower acknowledges through the watch channel
+/// instead and passes `()`.
+pub trait DurableListener: Send + 'static {
+    fn durable(&mut self, durable: Durable);
+}
+
+impl DurableListener for () {
+    fn durable(&mut self, _: Durable) {}
+}
 
 pub enum WriteCmd {
     Records(Vec<Output>),
@@ -77,7 +133,7 @@ pub struct Writer {
     log: Arc<Mutex<Log>>,
     durable: watch::Sender<Durable>,
     written_end: Lsn,
-    sink: SharedSink,
+    listener: Box<dyn DurableListener>,
     marks: EntryMarks,
     /// Entries appended since the last fsync, marked once it is done.
     unmarked: Vec<Mark>,
@@ -90,38 +146,45 @@ impl Writer {
         log: Arc<Mutex<Log>>,
         start: Durable,
         rx: mpsc::Receiver<WriteCmd>,
-        sink: SharedSink,
+        listener: impl DurableListener,
         durable: watch::Sender<Durable>,
         marks: EntryMarks,
     ) -> std::io::Result<WriterThread> {
         durable.send_replace(start);
-        let writer = Writer { log, durable, written_end: start.end_lsn, sink, marks, unmarked: Vec::new() };
+        let listener = Box::new(listener);
+        let writer = Writer { log, durable, written_end: start.end_lsn, listener, marks, unmarked: Vec::new() };
         std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
         let mut last_flush: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
+            // The steps of one group, as the module documentation numbers them.
             let shared = Arc::clone(&self.log);
             let mut log = shared.lock().map_err(|_| LogError::Failed)?;
+            // 1. What is queued now.
             let mut bytes = self.apply(&mut log, first)?;
             bytes += self.drain(&mut log, &mut rx, bytes)?;
+            // 2. Under sustained load, let the window fill; readers see only fsynced records.
             if let Some(wait) = last_flush.and_then(|t| GROUP_COMMIT_WINDOW.checked_sub(t.elapsed())) {
                 drop(log);
                 std::thread::sleep(wait);
                 log = shared.lock().map_err(|_| LogError::Failed)?;
                 bytes += self.drain(&mut log, &mut rx, bytes)?;
             }
+            // 3. The fsync; nothing below runs if it fails.
             let last = log.flush()?;
             drop(log);
             metrics::counter!(LOG_ENTRIES_APPENDED_TOTAL).increment(self.unmarked.len() as u64);
             metrics::counter!(LOG_BYTES_APPENDED_TOTAL).increment(bytes as u64);
             last_flush = Some(Instant::now());
+            // 4. Publish, 5. report: only now is the group durable.
             for mark in self.unmarked.drain(..) {
                 self.marks.record(mark);
             }
-            self.durable.send_replace(Durable { last, end_lsn: self.written_end });
-            self.report();
+            let durable = Durable { last, end_lsn: self.written_end };
+            self.durable.send_replace(durable);
+            self.listener.durable(durable);
         }
         Ok(())
     }
@@ -136,16 +199,6 @@ impl Writer {
             }
         }
         Ok(bytes - start)
-    }
-
-    /// Tells PostgreSQL what is now durable, if a stream is connected. A failed send is left
-    /// to the streaming thread, which sees the broken connection itself.
-    fn report(&self) {
-        if let Ok(mut guard) = self.sink.lock() {
-            if let Some(sink) = guard.as_mut() {
-                let _ = sink.report(self.written_end, false);
-            }
-        }
     }
 
     fn apply(&mut self, log: &mut Log, cmd: WriteCmd) -> Result<usize, LogError> {
@@ -174,3 +227,7 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "committer_tests.rs"]
+mod tests;

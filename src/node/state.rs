@@ -46,13 +46,25 @@ pub struct LeaderState {
     /// PostgreSQL's system identifier when the slot was made: a different one means the
     /// database was replaced underneath.
     pub system_id: String,
-    /// The slot's consistent point, as PostgreSQL text (`X/Y`).
-    pub consistent_point: String,
+    /// The slot's consistent point, stored as PostgreSQL text (`X/Y`); a file whose point does
+    /// not parse is damaged, never read as 0/0.
+    #[serde(with = "lsn_text")]
+    pub consistent_point: Lsn,
 }
 
-impl LeaderState {
-    pub fn consistent_point(&self) -> Lsn {
-        self.consistent_point.parse().unwrap_or_default()
+/// An [`Lsn`] as PostgreSQL writes it, in JSON.
+mod lsn_text {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::lsn::Lsn;
+
+    pub fn serialize<S: Serializer>(lsn: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(lsn)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(D::Error::custom)
     }
 }
 
@@ -128,14 +140,19 @@ mod tests {
             slot: "walship_a".into(),
             publication: "walship".into(),
             system_id: "7".into(),
-            consistent_point: "0/16B3748".into(),
+            consistent_point: Lsn(0x16B3748),
         });
         state.save(dir.path()).unwrap();
         let loaded = NodeState::load(dir.path(), "shop", "a").unwrap().unwrap();
         assert_eq!(loaded, state);
-        assert_eq!(loaded.leader.unwrap().consistent_point(), Lsn(0x16B3748));
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains(r#""consistent_point": "0/16B3748""#), "{text}");
         assert!(matches!(NodeState::load(dir.path(), "shop", "b"), Err(StateError::Foreign { .. })));
         std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
         assert!(matches!(NodeState::load(dir.path(), "shop", "a"), Err(StateError::Damaged { .. })));
+        let unparsable = text.replace("0/16B3748", "16B3748");
+        std::fs::write(dir.path().join(STATE_FILE), unparsable).unwrap();
+        let err = NodeState::load(dir.path(), "shop", "a").unwrap_err();
+        assert!(matches!(&err, StateError::Damaged { reason, .. } if reason.contains("invalid LSN")), "{err}");
     }
 }

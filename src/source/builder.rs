@@ -21,24 +21,8 @@ use crate::pgoutput::{self, DecodeError, Message};
 /// Default size beyond which an open transaction is spilled as a chunk record.
 pub const DEFAULT_SPILL_BYTES: usize = 4 << 20;
 
-/// A record ready for the log.
-#[derive(Debug)]
-pub enum Output {
-    Chunk { id: EntryId, payload: Bytes },
-    Entry { id: EntryId, payload: Bytes, end_lsn: Lsn },
-}
-
-impl Output {
-    pub fn len(&self) -> usize {
-        match self {
-            Output::Chunk { payload, .. } | Output::Entry { payload, .. } => payload.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// Builder output, written to the log by the committer.
+pub use crate::log::committer::Output;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

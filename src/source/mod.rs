@@ -120,7 +120,11 @@ pub async fn run_leader(
                 return Ok(());
             }
         };
-        durable.end_lsn = durable.end_lsn.max(leader.consistent_point());
+        // Reported as flushed from the start, before any fsync: safe, because everything before
+        // the slot's consistent point came with the snapshot it exported, not through the log,
+        // and the slot's confirmed position already starts there. When the log ends before it
+        // (an empty log) this keeps the standby status from ever saying 0/0.
+        durable.end_lsn = durable.end_lsn.max(leader.consistent_point);
         let next_index = durable.last.map_or_else(|| log_first_or_one(&log), |last| Ok(last.index.next()))?;
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
         let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);

@@ -84,7 +84,7 @@ pub async fn ensure_slot(
         slot: created.slot_name,
         publication: settings.publication.clone(),
         system_id: system.system_id,
-        consistent_point: created.consistent_point.to_string(),
+        consistent_point: created.consistent_point,
     };
     state.leader = Some(leader.clone());
     state.save(data_dir)?;
@@ -116,7 +116,7 @@ async fn check_existing(
         )));
     };
     let confirmed: Option<Lsn> = slot.get::<_, Option<String>>(0).and_then(|t| t.parse().ok());
-    let log_end = log_end.unwrap_or_else(|| leader.consistent_point());
+    let log_end = log_end.unwrap_or(leader.consistent_point);
     match confirmed {
         // walship reports a position only once it is fsynced: a log that ends before it lost
         // entries PostgreSQL will never send again.

@@ -14,6 +14,9 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::frontend;
 
+use tracing::warn;
+
+use crate::log::committer::{Durable, DurableListener};
 use crate::lsn::now_pg_micros;
 use crate::lsn::Lsn;
 pub use crate::source::wire::CopyMessage;
@@ -92,6 +95,21 @@ impl StatusSink {
         written?;
         self.reported = flushed;
         Ok(())
+    }
+}
+
+impl DurableListener for SharedSink {
+    /// Reports the durable end to PostgreSQL when a stream is connected. A failed send drops
+    /// the sink: the connection is broken, and the streaming thread, which reads the same
+    /// socket, ends with its own error and reconnects, installing a new sink.
+    fn durable(&mut self, durable: Durable) {
+        let Ok(mut guard) = self.lock() else { return };
+        if let Some(sink) = guard.as_mut() {
+            if let Err(e) = sink.report(durable.end_lsn, false) {
+                warn!(error = %e, flushed = %durable.end_lsn, "cannot report the flushed position to PostgreSQL; the stream reconnects");
+                *guard = None;
+            }
+        }
     }
 }
 
