@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fence;
 pub mod follower;
 pub mod fsutil;
 pub mod inspect;

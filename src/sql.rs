@@ -25,10 +25,17 @@ pub fn quote_qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// The `application_name` of walship's sessions unless the configuration names one: fencing
+/// ends client sessions that write, never these.
+pub const APPLICATION_NAME: &str = "walship";
+
 /// An ordinary SQL connection, its driver running on its own task.
 pub async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut pg = pg.clone();
     pg.connect_timeout(Duration::from_secs(5));
+    if pg.get_application_name().is_none() {
+        pg.application_name(APPLICATION_NAME);
+    }
     let (client, connection) = pg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

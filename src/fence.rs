@@ -1,0 +1,206 @@
+//! Fencing the local PostgreSQL: clients cannot write to a node that does not lead.
+//!
+//! `default_transaction_read_only` alone is advisory: a client's `BEGIN READ WRITE` or `SET
+//! default_transaction_read_only = off` writes straight through it. A fenced database refuses
+//! client writes through objects that only a superuser can remove:
+//!
+//! - a statement trigger [`TRIGGER`] on every table (`BEFORE INSERT OR UPDATE OR DELETE OR
+//!   TRUNCATE`) that raises SQLSTATE 25006 (`read_only_sql_transaction`);
+//! - an event trigger [`TRIGGER`] on `ddl_command_start` that refuses every DDL statement, so
+//!   a table's owner can neither drop nor disable the table's trigger, nor create a table
+//!   without one;
+//! - and, as before, `default_transaction_read_only = on` for the database, so an ordinary
+//!   session fails early with PostgreSQL's own message (and `nextval` fails too).
+//!
+//! Both triggers are ordinary ("origin") triggers: they do not fire in a session with
+//! `session_replication_role = replica`. That is how walship's replay writes, and how a
+//! superuser still can: a superuser can always write to a fenced node, by design (and can drop
+//! the triggers); fencing protects against applications, not administrators.
+//!
+//! Fencing also ends the client sessions of this database that hold a write transaction open
+//! (they have a transaction id), so a write begun before the fence cannot commit after it;
+//! their clients see the connection end, and nothing they were told committed is lost. Every
+//! write committed before [`fence`] returns is in the WAL before any write refused by it.
+//!
+//! Only the configured database is fenced: logical replication covers one database, and the
+//! others are not replicated either way. [`fence`] is idempotent and covers tables created
+//! since the last call (replay creates them in replica mode); [`unfence`] drops it all. Each
+//! runs in one transaction, so a crash leaves the database wholly fenced or wholly not.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::sql::{quote_ident, quote_qualified};
+
+/// The name of both triggers.
+pub const TRIGGER: &str = "walship_fence";
+/// How long fencing waits for a table's lock (held by a writer) before ending writers again.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts to take every table's lock before giving up.
+pub const ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("cannot {action}: {source}")]
+    Postgres { action: &'static str, source: tokio_postgres::Error },
+    #[error("writers kept holding table locks through {0} attempts to fence")]
+    Busy(u32),
+}
+
+fn pg(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> FenceError {
+    move |source| FenceError::Postgres { action, source }
+}
+
+/// The functions both triggers call. Created (or replaced) by every fence.
+const FUNCTIONS: &str = r#"
+CREATE SCHEMA IF NOT EXISTS walship;
+CREATE OR REPLACE FUNCTION walship.fence_refuse_write() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION 'walship: this node does not lead: % on %.% is refused', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = 'read_only_sql_transaction',
+              HINT = 'Write to the leader (walship status --admin URL names it).';
+END
+$fn$;
+CREATE OR REPLACE FUNCTION walship.fence_refuse_ddl() RETURNS event_trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION 'walship: this node does not lead: % is refused', TG_TAG
+        USING ERRCODE = 'read_only_sql_transaction',
+              HINT = 'Run schema changes on the leader (walship status --admin URL names it).';
+END
+$fn$;
+"#;
+
+/// Tables of this database without the fence trigger, as quoted `schema.name`.
+const UNFENCED_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'walship') \
+       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $1) \
+     ORDER BY 1, 2";
+
+/// Client sessions of this database with a write transaction open, other than walship's own.
+const END_WRITERS: &str = "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) \
+     FROM pg_catalog.pg_stat_activity \
+     WHERE datname = pg_catalog.current_database() AND backend_type = 'client backend' \
+       AND pid <> pg_catalog.pg_backend_pid() AND backend_xid IS NOT NULL \
+       AND application_name NOT LIKE 'walship%'";
+
+/// Makes the database refuse client writes (see the module documentation). `client` must be a
+/// superuser's session; it is left in its default settings.
+pub async fn fence(client: &mut Client) -> Result<(), FenceError> {
+    for attempt in 1..=ATTEMPTS {
+        let ended = end_writers(client).await?;
+        match fence_once(client).await {
+            Ok(tables) => {
+                info!(tables, writers_ended = ended, "database fenced: clients cannot write");
+                return Ok(());
+            }
+            Err(FenceError::Postgres { source, .. }) if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                warn!(attempt, "a writer holds a table lock: ending writers again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(FenceError::Busy(ATTEMPTS))
+}
+
+/// Ends client sessions that hold a write transaction; returns how many.
+async fn end_writers(client: &Client) -> Result<i64, FenceError> {
+    let row = client.query_one(END_WRITERS, &[]).await.map_err(pg("end writing sessions"))?;
+    row.try_get(0).map_err(pg("end writing sessions"))
+}
+
+/// One transaction that installs everything; returns how many tables got a trigger now.
+async fn fence_once(client: &mut Client) -> Result<usize, FenceError> {
+    let tx = client.build_transaction().read_only(false).start().await.map_err(pg("begin fencing"))?;
+    let setup = format!(
+        "SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = {}; {FUNCTIONS}",
+        LOCK_TIMEOUT.as_millis()
+    );
+    tx.batch_execute(&setup).await.map_err(pg("create the fence functions"))?;
+    let has_event_trigger = tx
+        .query_opt("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1", &[&TRIGGER])
+        .await
+        .map_err(pg("look for the fence event trigger"))?
+        .is_some();
+    if !has_event_trigger {
+        let sql = format!(
+            "CREATE EVENT TRIGGER {} ON ddl_command_start EXECUTE FUNCTION walship.fence_refuse_ddl()",
+            quote_ident(TRIGGER)
+        );
+        tx.batch_execute(&sql).await.map_err(pg("create the fence event trigger"))?;
+    }
+    let tables = tx.query(UNFENCED_TABLES, &[&TRIGGER]).await.map_err(pg("list tables to fence"))?;
+    for row in &tables {
+        let (schema, name): (String, String) =
+            (row.try_get(0).map_err(pg("list tables"))?, row.try_get(1).map_err(pg("list tables"))?);
+        let sql = format!(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
+             FOR EACH STATEMENT EXECUTE FUNCTION walship.fence_refuse_write()",
+            quote_ident(TRIGGER),
+            quote_qualified(&schema, &name)
+        );
+        tx.batch_execute(&sql).await.map_err(pg("create a fence trigger"))?;
+    }
+    let database = current_database(&tx).await?;
+    tx.batch_execute(&format!("ALTER DATABASE {database} SET default_transaction_read_only = on"))
+        .await
+        .map_err(pg("make the database read-only by default"))?;
+    tx.commit().await.map_err(pg("commit the fence"))?;
+    Ok(tables.len())
+}
+
+/// Lets clients write again: drops every fence trigger and the event trigger.
+pub async fn unfence(client: &mut Client) -> Result<(), FenceError> {
+    let tx = client.build_transaction().read_only(false).start().await.map_err(pg("begin unfencing"))?;
+    tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(pg("begin unfencing"))?;
+    tx.batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {}", quote_ident(TRIGGER)))
+        .await
+        .map_err(pg("drop the fence event trigger"))?;
+    let fenced = tx
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_trigger t \
+             JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = $1",
+            &[&TRIGGER],
+        )
+        .await
+        .map_err(pg("list fenced tables"))?;
+    for row in &fenced {
+        let (schema, name): (String, String) =
+            (row.try_get(0).map_err(pg("list fenced tables"))?, row.try_get(1).map_err(pg("list fenced tables"))?);
+        let sql = format!("DROP TRIGGER IF EXISTS {} ON {}", quote_ident(TRIGGER), quote_qualified(&schema, &name));
+        tx.batch_execute(&sql).await.map_err(pg("drop a fence trigger"))?;
+    }
+    let database = current_database(&tx).await?;
+    tx.batch_execute(&format!("ALTER DATABASE {database} RESET default_transaction_read_only"))
+        .await
+        .map_err(pg("reset default_transaction_read_only"))?;
+    tx.commit().await.map_err(pg("commit the unfencing"))?;
+    info!(tables = fenced.len(), "database unfenced: clients can write");
+    Ok(())
+}
+
+/// Whether the database is fenced (its event trigger exists).
+pub async fn is_fenced(client: &Client) -> Result<bool, FenceError> {
+    let row = client
+        .query_opt("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1", &[&TRIGGER])
+        .await
+        .map_err(pg("look for the fence event trigger"))?;
+    Ok(row.is_some())
+}
+
+async fn current_database(tx: &tokio_postgres::Transaction<'_>) -> Result<String, FenceError> {
+    let row = tx
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map_err(pg("find the current database"))?;
+    let name: String = row.try_get(0).map_err(pg("find the current database"))?;
+    Ok(quote_ident(&name))
+}
