@@ -62,6 +62,11 @@ pub enum LogError {
     #[error("log was truncated under this reader; open a new reader")]
     ReaderInvalidated,
 
+    /// The term history (`terms.json`) could not be read or written, or an entry would make
+    /// it go backwards.
+    #[error("term history: {0}")]
+    Terms(#[from] super::terms::TermsError),
+
     /// An earlier write or fsync failed; the state of the files is unknown until reopened.
     #[error("log is unusable after an earlier i/o error; reopen it to recover")]
     Failed,

@@ -84,6 +84,7 @@ mod reader;
 mod recovery;
 mod segment;
 pub mod tail;
+pub mod terms;
 mod writer;
 
 #[cfg(test)]

@@ -534,3 +534,37 @@ fn sealed_segment_without_records_is_corruption_not_a_loop() {
     assert_corrupt(reader.next().err().unwrap(), &first, SEGMENT_HEADER_LEN);
     assert_corrupt(Log::open(dir.path(), opts(1)).err().unwrap(), &first, 0);
 }
+
+#[test]
+fn the_log_records_where_each_term_begins_and_keeps_it_across_reopen_and_truncation() {
+    use super::terms::{TermHistory, TermStart, TERMS_FILE};
+    let start = |t: u64, i: u64| TermStart { term: Term(t), first_index: Index(i) };
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    append_entries(&mut log, 1, 1..=5, 10);
+    // A newer term's first record, even a chunk, begins it.
+    log.append_chunk(id(3, 6), b"part").unwrap();
+    log.append_entry(id(3, 6), b"whole").unwrap();
+    append_entries(&mut log, 3, 7..=8, 10);
+    append_entries(&mut log, 4, 9..=9, 10);
+    log.flush().unwrap();
+    assert_eq!(log.terms().starts(), &[start(1, 1), start(3, 6), start(4, 9)]);
+    assert!(matches!(log.append_entry(id(2, 10), b"older"), Err(LogError::TermRegressed { .. })));
+    drop(log);
+
+    let mut log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(log.terms().starts(), &[start(1, 1), start(3, 6), start(4, 9)]);
+    // Cut back into term 3: term 4 is forgotten, and term 5 may begin where it did.
+    log.truncate_after(Index(7)).unwrap();
+    assert_eq!(log.terms().starts(), &[start(1, 1), start(3, 6)]);
+    append_entries(&mut log, 5, 8..=8, 10);
+    log.flush().unwrap();
+    drop(log);
+    assert_eq!(TermHistory::load(dir.path()).unwrap().starts(), &[start(1, 1), start(3, 6), start(5, 8)]);
+
+    // A log from before term histories (no file) gets one read off its records.
+    fs::remove_file(dir.path().join(TERMS_FILE)).unwrap();
+    let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(log.terms().starts(), &[start(1, 1), start(3, 6), start(5, 8)]);
+    assert!(dir.path().join(TERMS_FILE).exists());
+}

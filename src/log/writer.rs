@@ -14,6 +14,7 @@ use super::format::{self, SEGMENT_HEADER_LEN};
 use super::reader::LogReader;
 use super::recovery;
 use super::segment::{self, Segment, SegmentFile};
+use super::terms::TermHistory;
 use super::{Flushed, LogOptions, RecordKind, MAX_RECORD_BYTES, WRITE_BUFFER_BYTES};
 
 /// The durable log. One writer per directory (not enforced by a lock: the caller owns that).
@@ -34,6 +35,9 @@ pub struct Log {
     tx: watch::Sender<Flushed>,
     /// Set by a failed write or fsync: the files' state is unknown until reopened.
     failed: bool,
+    /// Where each term begins (`terms.json` beside the segments), saved before the first
+    /// record of a newer term is written.
+    terms: TermHistory,
 }
 
 struct Active {
@@ -57,7 +61,8 @@ impl Log {
         };
         let flushed = Flushed { last: last_written, segment: committed.0, offset: committed.1, epoch: 0 };
         let (tx, _) = watch::channel(flushed.clone());
-        Ok(Log {
+        let terms = TermHistory::load(dir)?;
+        let mut log = Log {
             dir: dir.to_path_buf(),
             opts,
             sealed: recovered.sealed,
@@ -68,7 +73,33 @@ impl Log {
             flushed,
             tx,
             failed: false,
-        })
+            terms,
+        };
+        match log.last_written {
+            Some(_) if log.terms.last_term().is_none() => log.rebuild_terms()?,
+            // Starts past the recovered end belong to records lost with a torn tail.
+            last if log.terms.truncate_after(last.map_or(Index(0), |l| l.index)) => log.terms.save(&log.dir)?,
+            _ => {}
+        }
+        Ok(log)
+    }
+
+    /// Where each term begins, as far as this log knows.
+    pub fn terms(&self) -> &TermHistory {
+        &self.terms
+    }
+
+    /// A log written before term histories existed: read the history off its records.
+    fn rebuild_terms(&mut self) -> Result<(), LogError> {
+        let Some(first) = self.first_index() else { return Ok(()) };
+        let mut reader = self.reader(first)?;
+        let mut terms = TermHistory::default();
+        while let Some(record) = reader.next()? {
+            terms.observe(record.id)?;
+        }
+        terms.save(&self.dir)?;
+        self.terms = terms;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -183,7 +214,11 @@ impl Log {
             _ => self.clear(),
         };
         self.failed |= result.is_err();
-        result
+        result?;
+        if self.terms.truncate_after(keep) {
+            self.terms.save(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Bytes in all segments, including bytes still buffered.
@@ -222,6 +257,9 @@ impl Log {
             body_len: payload.len().saturating_add(format::BODY_PREFIX_LEN),
             max: MAX_RECORD_BYTES,
         })?;
+        if self.terms.observe(id)? {
+            self.terms.save(&self.dir)?;
+        }
         let result = self.write_record(&header, &prefix, payload, id);
         self.failed |= result.is_err();
         result?;
