@@ -53,9 +53,16 @@ pub struct Config {
     pub peers: Vec<Peer>,
     pub mode: Mode,
     pub sync_quorum: usize,
+    /// `true`: commits wait for followers for ever; `false`: degrade to async after
+    /// `sync_timeout`.
+    pub strict: bool,
+    pub sync_timeout: Duration,
     pub source: SourceSettings,
     pub log: LogSettings,
 }
+
+/// How long a commit waits for followers before a non-strict leader degrades to async.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Leader-side settings (`[source]`).
 #[derive(Clone, Debug)]
@@ -115,6 +122,8 @@ struct RawPeer {
 struct RawReplication {
     mode: Option<String>,
     sync_quorum: Option<usize>,
+    strict: Option<bool>,
+    sync_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,6 +185,19 @@ impl Config {
         if sync_quorum == 0 {
             return Err(invalid("replication.sync_quorum", "must be at least 1".into()));
         }
+        if mode == Mode::SemiSync && sync_quorum > raw.peers.len() {
+            let reason =
+                format!("{sync_quorum} followers must hold each commit but [[peers]] lists {}", raw.peers.len());
+            return Err(invalid("replication.sync_quorum", reason));
+        }
+        let strict = raw.replication.strict.unwrap_or(false);
+        let sync_timeout = match raw.replication.sync_timeout {
+            None => DEFAULT_SYNC_TIMEOUT,
+            Some(text) => parse_duration(&text).map_err(|r| invalid("replication.sync_timeout", r))?,
+        };
+        if sync_timeout.is_zero() {
+            return Err(invalid("replication.sync_timeout", "must be more than 0s".into()));
+        }
         let mut peers = Vec::with_capacity(raw.peers.len());
         for p in raw.peers {
             check_name(&p.node).map_err(|r| invalid("peers.node", r))?;
@@ -202,6 +224,8 @@ impl Config {
             peers,
             mode,
             sync_quorum,
+            strict,
+            sync_timeout,
             source,
             log,
         })
@@ -282,6 +306,8 @@ admin = "10.0.0.1:7480"
 [replication]
 mode = "async"
 sync_quorum = 1
+strict = false
+sync_timeout = "10s"
 "#;
 
     #[test]
@@ -290,6 +316,7 @@ sync_quorum = 1
         assert_eq!(c.node, "b");
         assert_eq!(c.role, Role::Follower);
         assert_eq!(c.mode, Mode::Async);
+        assert_eq!((c.strict, c.sync_timeout), (false, Duration::from_secs(10)));
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.source.slot, "walship_b");
         assert_eq!(c.source.heartbeat_interval, Duration::from_secs(1));
@@ -304,6 +331,9 @@ sync_quorum = 1
             ("node = \"b\"", "node = \"b c\"", "node"),
             ("node = \"b\"", "node = \"a\"", "peers.node"),
             ("listen = \"0.0.0.0:7400\"", "listen = \"nowhere\"", "listen"),
+            ("sync_timeout = \"10s\"", "sync_timeout = \"soon\"", "replication.sync_timeout"),
+            ("sync_timeout = \"10s\"", "sync_timeout = \"0s\"", "replication.sync_timeout"),
+            ("mode = \"async\"\nsync_quorum = 1", "mode = \"semi-sync\"\nsync_quorum = 2", "replication.sync_quorum"),
         ];
         for (from, to, key) in cases {
             let text = EXAMPLE.replace(from, to);

@@ -4,6 +4,7 @@
 //! now this holds the persisted identity of the node.
 
 pub mod state;
+pub mod sync;
 pub mod view;
 
 pub use state::{LeaderState, NodeState, StateError};
