@@ -270,6 +270,24 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `"16MB"`, `"512kB"`, `"1GB"`, `"4096"` (bytes): PostgreSQL's units, 1024-based, the unit's
+/// case ignored.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and a unit (B, kB, MB, GB, TB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kb" => 10,
+        "mb" => 20,
+        "gb" => 30,
+        "tb" => 40,
+        _ => return Err(format!("{text:?}: unit must be B, kB, MB, GB or TB")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// `"250ms"`, `"1s"`, `"2m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -344,6 +362,17 @@ sync_timeout = "10s"
         }
         let unknown = format!("{EXAMPLE}\n[log]\nsegmnt_bytes = 5\n");
         assert!(matches!(Config::parse(Path::new("x.toml"), &unknown), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size(" 512 kB ").unwrap(), 512 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1gb").unwrap(), 1 << 30);
+        for bad in ["", "MB", "16XB", "-1MB", "99999999999TB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

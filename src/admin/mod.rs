@@ -1,7 +1,8 @@
-//! The admin HTTP API: health checks for load balancers, status for people, metrics for
-//! Prometheus. Promotion, switchover and fencing arrive with failover.
+//! The admin HTTP API: health checks for load balancers ([`health`]), status for people,
+//! metrics for Prometheus. Promotion, switchover and fencing arrive with failover.
 
 pub mod client;
+pub mod health;
 pub mod metrics;
 pub mod status;
 
@@ -13,7 +14,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -35,8 +35,11 @@ pub struct AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/leader", get(leader))
-        .route("/replica", get(replica))
+        .route("/leader", get(leader).options(leader))
+        .route("/primary", get(leader).options(leader))
+        .route("/replica", get(replica).options(replica))
+        .route("/liveness", get(liveness).options(liveness))
+        .route("/readiness", get(readiness).options(readiness))
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -62,32 +65,34 @@ async fn health(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
     }
 }
 
-/// 200 on the current leader, else 503 (for load balancers).
-async fn leader(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
-    match state.view.role {
-        Role::Leader => (StatusCode::OK, "leader\n"),
-        Role::Follower => (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n"),
-    }
-}
-
-#[derive(Deserialize)]
-struct ReplicaQuery {
-    max_lag_bytes: Option<u64>,
-}
-
-/// 200 on a follower within `max_lag_bytes` of its leader (any lag when absent), else 503.
-async fn replica(State(state): State<Arc<AdminState>>, Query(q): Query<ReplicaQuery>) -> (StatusCode, String) {
-    let Ok(s) = Status::of(&state.view) else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "status unavailable\n".into());
+/// What the health checks decide on (see [`health`]).
+async fn observe(state: &AdminState) -> health::Observed {
+    let pg = health::observe_pg(&state.postgres).await;
+    let leads = state.view.role == Role::Leader;
+    let replica_lag = match Status::of(&state.view) {
+        Ok(s) if !leads => s.lag_bytes.map(|bytes| health::ReplicaLag { bytes, seconds: s.lag_seconds.unwrap_or(0.0) }),
+        _ => None,
     };
-    match (state.view.role, s.lag_bytes) {
-        (Role::Leader, _) => (StatusCode::SERVICE_UNAVAILABLE, "this node leads\n".into()),
-        (Role::Follower, None) => (StatusCode::SERVICE_UNAVAILABLE, "no word from a leader yet\n".into()),
-        (Role::Follower, Some(lag)) if q.max_lag_bytes.is_some_and(|max| lag > max) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("lag {lag} bytes\n"))
-        }
-        (Role::Follower, Some(lag)) => (StatusCode::OK, format!("replica, lag {lag} bytes\n")),
+    health::Observed { leads, pg, replica_lag }
+}
+
+async fn leader(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    health::leader(&observe(&state).await)
+}
+
+async fn replica(State(state): State<Arc<AdminState>>, Query(q): Query<health::ReplicaQuery>) -> (StatusCode, String) {
+    match q.limits() {
+        Ok(limits) => health::replica(&observe(&state).await, limits),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
+}
+
+async fn liveness() -> (StatusCode, &'static str) {
+    (StatusCode::OK, "alive\n")
+}
+
+async fn readiness(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    health::readiness(&observe(&state).await)
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Result<Json<Status>, (StatusCode, String)> {

@@ -31,6 +31,10 @@ pub struct Status {
     pub applied_index: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<u64>,
+    /// On a follower: the age (by the leader's commit time) of the oldest entry it holds but
+    /// has not applied; 0 when it applied all it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
     /// On a follower loading a snapshot: how far it has come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeding: Option<SeedProgress>,
@@ -99,6 +103,7 @@ impl Status {
             followers: None,
             applied_index: None,
             lag_bytes: None,
+            lag_seconds: None,
             seeding: None,
         };
         match view.role {
@@ -120,6 +125,9 @@ impl Status {
                 status.applied_index = applied.id.map(|id| id.index.0);
                 status.lag_bytes =
                     leader.as_ref().and_then(|l| l.status).map(|s| s.durable_end_lsn.bytes_since(applied.end_lsn));
+                let applied_index = applied.id.map(|id| id.index);
+                let own = lag(applied_index, Some(applied.end_lsn), &durable, &view.marks, now_pg_micros());
+                status.lag_seconds = status.lag_bytes.map(|_| own.seconds);
                 status.leader = leader.map(|l| l.node);
                 status.seeding = *view.seeding.borrow();
             }
