@@ -43,7 +43,9 @@
 mod change;
 mod copy;
 mod error;
+mod meta;
 mod migrate;
+mod param;
 mod pipeline;
 mod progress;
 mod replay;

@@ -31,8 +31,8 @@ use tokio_postgres::{Client, Statement};
 use super::change::{key_from_detail, key_text};
 use super::copy::CopyContext;
 use super::error::{db_reason, is_divergence, ApplyError};
+use super::meta::TableMeta;
 use super::set::SetContext;
-use super::table::TableMeta;
 use crate::lsn::EntryId;
 
 /// Most statements sent and not yet checked.

@@ -3,8 +3,9 @@
 
 use bytes::Bytes;
 
-use super::change::{self, PlanError, TextParam};
+use super::change::{self, PlanError};
 use super::error::ApplyError;
+use super::param::TextParam;
 use super::pipeline::{Check, Op};
 use super::run::{Held, Key, Mode, Run, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
 use super::statement;

@@ -30,8 +30,8 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use bytes::Bytes;
 
-use super::change::TextParam;
 use super::copy::CopyBatch;
+use super::param::TextParam;
 use super::set::SetBatch;
 use super::statement::SET;
 use crate::lsn::EntryId;
