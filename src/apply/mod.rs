@@ -41,6 +41,7 @@
 //! publisher; `money` needs the same `lc_monetary` on both sides.
 
 mod change;
+mod check;
 mod copy;
 mod error;
 mod meta;
@@ -62,8 +63,8 @@ use tracing::{debug, warn};
 use crate::log::entry::{self, EntryKind};
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index};
+use check::{Check, Op, Pipeline};
 use error::pg;
-use pipeline::{Check, Op, Pipeline};
 use run::Runs;
 use table::Tables;
 

@@ -4,9 +4,9 @@
 use bytes::Bytes;
 
 use super::change::{self, PlanError};
+use super::check::{Check, Op};
 use super::error::ApplyError;
 use super::param::TextParam;
-use super::pipeline::{Check, Op};
 use super::run::{Held, Key, Mode, Run, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
 use super::statement;
 use super::Applier;
@@ -355,7 +355,7 @@ impl Applier {
         context: super::copy::CopyContext,
     ) -> Result<(), ApplyError> {
         self.rows_sent.copy += context.rows;
-        self.pipeline.push(Op::copy(&self.client, statement, data, context)).await
+        self.pipeline.push(Op::copy(&self.client, statement, data, Check::Copy(context))).await
     }
 
     /// Sends the set-based batch of the run at `at`, which stays open.

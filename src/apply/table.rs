@@ -13,9 +13,9 @@ use bytes::Bytes;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
+use super::check::Pipeline;
 use super::error::ApplyError;
 use super::meta::{ColumnMeta, TableMeta};
-use super::pipeline::Pipeline;
 use super::statement;
 use crate::lsn::EntryId;
 use crate::pgoutput::{Relation, COLUMN_KEY};
