@@ -49,7 +49,9 @@ impl Applier {
                 let message = payload.slice_ref(item);
                 if !self.tables.is_current(relation.rel_id, &message) {
                     self.end_runs().await?;
-                    self.tables.relation(&self.client, &mut self.pipeline, entry, &relation, &message).await?;
+                    self.tables
+                        .relation(&self.client, self.pipeline.settle_copies(), entry, &relation, &message)
+                        .await?;
                 }
                 Ok(())
             }
@@ -242,7 +244,8 @@ impl Applier {
             _ if run.ordered => None,
             RunKind::Change { .. } if self.is_strict(first) => None,
             RunKind::Insert => {
-                let (meta, statement) = self.tables.copy(&self.client, &mut self.pipeline, first, rel_id).await?;
+                let (meta, statement) =
+                    self.tables.copy(&self.client, self.pipeline.settle_copies(), first, rel_id).await?;
                 let run = &mut self.runs.open[at];
                 run.copy.start(rel_id, meta, statement);
                 for row in std::mem::take(&mut run.held) {
@@ -252,7 +255,7 @@ impl Applier {
                 return Ok(());
             }
             RunKind::Change { shape } => {
-                self.tables.set_statement(&self.client, &mut self.pipeline, first, rel_id, &shape).await?
+                self.tables.set_statement(&self.client, self.pipeline.settle_copies(), first, rel_id, &shape).await?
             }
         };
         let run = &mut self.runs.open[at];
@@ -319,12 +322,13 @@ impl Applier {
         self.rows_sent.row += 1;
         let op = match kind {
             RunKind::Insert => {
-                let (meta, statement) = self.tables.insert(&self.client, &mut self.pipeline, entry, rel_id).await?;
+                let (meta, statement) =
+                    self.tables.insert(&self.client, self.pipeline.settle_copies(), entry, rel_id).await?;
                 Op::execute(&self.client, statement, params, Check::Insert { entry, meta })
             }
             RunKind::Change { shape } => {
                 let (meta, statement) =
-                    self.tables.statement(&self.client, &mut self.pipeline, entry, rel_id, shape).await?;
+                    self.tables.statement(&self.client, self.pipeline.settle_copies(), entry, rel_id, shape).await?;
                 Op::execute(&self.client, statement, params, Check::OneRow { entry, meta, message })
             }
         };

@@ -5,15 +5,20 @@
 //! follower's input functions read them. The mapping is cached per leader relation id and
 //! looked up again whenever a Relation message differs from the one it was made from (a
 //! schema change on the leader, or another leader whose OIDs mean other tables).
+//!
+//! Statements are prepared on first use and the catalog read only for a new mapping, by
+//! requests awaited directly. Every method that may send one takes `settle`, the caller's
+//! future that frees the connection first (a COPY in flight holds it: see `pipeline`), and
+//! awaits it only then: a statement found in the cache waits for nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
-use super::check::Pipeline;
 use super::error::ApplyError;
 use super::meta::{ColumnMeta, TableMeta};
 use super::statement;
@@ -108,7 +113,7 @@ impl Tables {
     pub async fn relation(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         relation: &Relation<'_>,
         message: &Bytes,
@@ -116,7 +121,7 @@ impl Tables {
         if self.is_current(relation.rel_id, message) {
             return Ok(false);
         }
-        pipeline.settle_copies().await?;
+        settle.await?;
         let meta = resolve(client, entry, relation).await?;
         let table = Table {
             meta: Arc::new(meta),
@@ -148,7 +153,7 @@ impl Tables {
     pub async fn statement(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
         shape: &[u8],
@@ -162,7 +167,7 @@ impl Tables {
         }
         let sql = statement::change_sql(&table.meta, shape);
         let types = statement::param_types(&table.meta, shape);
-        pipeline.settle_copies().await?;
+        settle.await?;
         let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
         table.statements.insert(shape.to_vec(), prepared.clone());
         Ok((table.meta.clone(), prepared))
@@ -173,7 +178,7 @@ impl Tables {
     pub async fn set_statement(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
         shape: &[u8],
@@ -187,7 +192,7 @@ impl Tables {
         }
         let prepared = match statement::set_statement(&table.meta, shape) {
             Some(set) => {
-                pipeline.settle_copies().await?;
+                settle.await?;
                 let prepared = prepare(client, entry, &table.meta, &set.sql, &set.types).await?;
                 Some((prepared, set.delimiters))
             }
@@ -201,30 +206,30 @@ impl Tables {
     pub async fn insert(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
     ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
-        self.prepared_once(client, pipeline, (entry, rel_id), |t| &mut t.insert, statement::insert_sql).await
+        self.prepared_once(client, settle, (entry, rel_id), |t| &mut t.insert, statement::insert_sql).await
     }
 
     /// The `COPY ... FROM STDIN` statement of a table, prepared on first use.
     pub async fn copy(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
     ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
         let text = |meta: &TableMeta| (statement::copy_sql(meta), Vec::new());
-        self.prepared_once(client, pipeline, (entry, rel_id), |t| &mut t.copy, text).await
+        self.prepared_once(client, settle, (entry, rel_id), |t| &mut t.copy, text).await
     }
 
     /// The table's statement kept in `slot`, prepared from `text` on first use.
     async fn prepared_once(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         (entry, rel_id): (EntryId, u32),
         slot: fn(&mut Table) -> &mut Option<Statement>,
         text: fn(&TableMeta) -> (String, Vec<Type>),
@@ -234,7 +239,7 @@ impl Tables {
             return Ok((table.meta.clone(), found));
         }
         let (sql, types) = text(&table.meta);
-        pipeline.settle_copies().await?;
+        settle.await?;
         let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
         *slot(table) = Some(prepared.clone());
         Ok((table.meta.clone(), prepared))
