@@ -51,6 +51,7 @@ mod pipeline;
 mod progress;
 mod replay;
 mod run;
+pub mod scheduler;
 mod set;
 mod statement;
 mod table;
@@ -73,6 +74,7 @@ pub use error::{ApplyError, KEY_DISPLAY_CHARS};
 pub use pipeline::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use progress::AppliedPosition;
 pub use run::{BULK_MIN_ROWS, MAX_OPEN_RUNS};
+pub use scheduler::ReplayError;
 pub use set::SET_BATCH_ROWS;
 pub use table::MAX_SHAPES_PER_TABLE;
 
