@@ -124,7 +124,7 @@ impl Applier {
             Key::At(earlier) if self.runs.open[at].collapsible => {
                 // Only the last update of a key counts; its row now stands for both, so an
                 // error can no longer name the earlier one.
-                self.reordered = true;
+                self.txn.reordered();
                 self.replace_row(at, earlier, row)?;
                 return self.flush_set_if_full(at).await;
             }
@@ -200,7 +200,9 @@ impl Applier {
             self.end_runs().await?;
         }
         // Rows of this run may now go out before those of runs opened earlier.
-        self.reordered |= !self.runs.open.is_empty();
+        if !self.runs.open.is_empty() {
+            self.txn.reordered();
+        }
         self.runs.open.push(run);
         Ok(self.runs.open.len() - 1)
     }
@@ -272,7 +274,7 @@ impl Applier {
             run.set.push(row.entry, row.params).map_err(|reason| malformed(row.entry, reason))?;
         }
         run.mode = Mode::Set;
-        self.reordered = true;
+        self.txn.reordered();
         Ok(())
     }
 
