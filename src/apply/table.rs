@@ -30,13 +30,14 @@ use crate::sql::{quote_ident, quote_qualified};
 /// patterns of replica identity FULL rows; past this many the table's cache starts afresh.
 pub const MAX_SHAPES_PER_TABLE: usize = 64;
 
-/// The follower's columns of a table: `(partitioned, column name or NULL for a table without
-/// columns, whether the type has a default equality operator, type oid, its array type's oid
-/// or 0, the delimiter of its array literals, whether the table or one of its partitions or
-/// children has triggers or rules that fire on a replica, for an array column the qualified
-/// name of its type)`. Equality is looked for on the type
-/// under any domains and array levels, as PostgreSQL's type cache does.
-const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
+/// The follower's columns of a table, a row each, read by column name: `partitioned`,
+/// `column_name` (NULL for a table without columns), `has_eq` (the type has a default
+/// equality operator), `type_oid`, `array_oid` (its array type's, or 0), `delimiter` (of its
+/// array literals), `replica_triggers` (the table or one of its partitions or children has
+/// triggers or rules that fire on a replica), `array_cast` (for an array column, the
+/// qualified name of its type). Equality is looked for on the type under any domains and
+/// array levels, as PostgreSQL's type cache does.
+const COLUMNS_SQL: &str = "SELECT c.relkind = 'p' AS partitioned, a.attname::text AS column_name, \
  (WITH RECURSIVE walk(oid, depth) AS ( \
      SELECT a.atttypid, 0 \
    UNION ALL \
@@ -51,8 +52,8 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
        WHEN 'r' THEN pg_catalog.to_regtype('anyrange') \
        WHEN 'm' THEN pg_catalog.to_regtype('anymultirange') \
        WHEN 'c' THEN pg_catalog.to_regtype('record') END)) \
-  FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1), \
- a.atttypid, ty.typarray, ty.typdelim::text, \
+  FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1) AS has_eq, \
+ a.atttypid AS type_oid, ty.typarray AS array_oid, ty.typdelim::text AS delimiter, \
  (WITH RECURSIVE tree(oid) AS ( \
      SELECT c.oid \
    UNION \
@@ -60,9 +61,9 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
   SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg JOIN tree ON tg.tgrelid = tree.oid \
        WHERE NOT tg.tgisinternal AND tg.tgenabled IN ('A', 'R')) \
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN tree ON r.ev_class = tree.oid \
-       WHERE r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))), \
+       WHERE r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))) AS replica_triggers, \
  CASE WHEN ty.typcategory = 'A' AND ty.typarray = 0 \
-   THEN pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END \
+   THEN pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END AS array_cast \
  FROM pg_catalog.pg_class c \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -72,8 +73,9 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
 
 /// The key columns of each of the follower table's unique indexes that holds for every row
 /// at every statement's end (not partial, not on expressions, not deferrable, valid) and
-/// compares each column with the column's own collation, as `=` on it does.
-const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) \
+/// compares each column with the column's own collation, as `=` on it does: `key_columns`, a
+/// row per index.
+const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) AS key_columns \
  FROM pg_catalog.pg_index i \
  JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -274,7 +276,7 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
     let lookup = follower_columns(client, namespace, relation.name).await;
     let (table, follower) =
         lookup.map_err(|source| ApplyError::Change { entry, what: format!("look up table {display}"), source })?;
-    let Some((partitioned, ordered)) = table else {
+    let Some(FollowerTable { partitioned, replica_triggers: ordered }) = table else {
         return Err(diverged("the table does not exist on the follower".into()));
     };
     let mut columns = Vec::with_capacity(relation.column_count());
@@ -302,7 +304,7 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
     let key_position = |name: &String| columns.iter().position(|c| c.key && c.name == *name);
     let mut unique_keys = Vec::new();
     for row in &unique {
-        let names: Vec<String> = row.try_get(0).map_err(|source| ApplyError::Change {
+        let names: Vec<String> = row.try_get("key_columns").map_err(|source| ApplyError::Change {
             entry,
             what: format!("read the unique indexes of {display}"),
             source,
@@ -332,24 +334,36 @@ struct FollowerColumn {
 /// The follower's columns by name.
 type FollowerColumns = HashMap<String, FollowerColumn>;
 
-/// Whether the table is partitioned and has replica triggers (`None`: no such table), and its
-/// columns.
+/// What the follower's catalog says of the table itself.
+struct FollowerTable {
+    partitioned: bool,
+    /// The table or one of its partitions or children has triggers or rules that fire on a
+    /// replica.
+    replica_triggers: bool,
+}
+
+/// The follower's table (`None`: no such table) and its columns.
 async fn follower_columns(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<(Option<(bool, bool)>, FollowerColumns), tokio_postgres::Error> {
+) -> Result<(Option<FollowerTable>, FollowerColumns), tokio_postgres::Error> {
     let rows = client.query(COLUMNS_SQL, &[&namespace, &name]).await?;
-    let table = rows.first().map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(6)?)));
+    let table = rows.first().map(|row| -> Result<_, tokio_postgres::Error> {
+        Ok(FollowerTable {
+            partitioned: row.try_get("partitioned")?,
+            replica_triggers: row.try_get("replica_triggers")?,
+        })
+    });
     let table = table.transpose()?;
     let mut columns = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let name: Option<String> = row.try_get(1)?;
-        let has_eq: Option<bool> = row.try_get(2)?;
-        let type_oid: Option<u32> = row.try_get(3)?;
-        let array_oid: Option<u32> = row.try_get(4)?;
-        let delimiter: Option<String> = row.try_get(5)?;
-        let array_cast: Option<String> = row.try_get(7)?;
+        let name: Option<String> = row.try_get("column_name")?;
+        let has_eq: Option<bool> = row.try_get("has_eq")?;
+        let type_oid: Option<u32> = row.try_get("type_oid")?;
+        let array_oid: Option<u32> = row.try_get("array_oid")?;
+        let delimiter: Option<String> = row.try_get("delimiter")?;
+        let array_cast: Option<String> = row.try_get("array_cast")?;
         if let (Some(name), Some(type_oid)) = (name, type_oid) {
             let column = FollowerColumn {
                 has_eq: has_eq.unwrap_or(false),
