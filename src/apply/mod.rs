@@ -40,6 +40,18 @@
 //! unambiguous: the replication connection should use `DateStyle = ISO`, `IntervalStyle =
 //! postgres` and `extra_float_digits = 3`, as PostgreSQL's own subscriber asks of its
 //! publisher; `money` needs the same `lc_monetary` on both sides.
+//!
+//! # Layout
+//!
+//! From the leaves up, each module importing only those before it (and the leaves `error`,
+//! `progress` and `migrate`), so that no two import each other: `meta` (a follower
+//! table as replay sees it) and `param` (a value sent as text); `statement` (the SQL text of
+//! a shape); `change` (an update or delete planned as a shape and parameters); `copy` and
+//! `set` (bulk batches); `run` (changes gathered per table); `pipeline` (statements in flight,
+//! knowing nothing of replay); `check` (their results judged into an [`ApplyError`]); `table`
+//! (the mapping of leader relations, and prepared statements); `txn` (the transaction's
+//! state). [`Applier`] (here and in `replay`) drives them record by record, and `scheduler`
+//! decides when to connect, apply and commit.
 
 mod change;
 mod check;

@@ -11,7 +11,7 @@
 //! - Entries commit in groups: at once when replay has caught up after a quiet spell; under a
 //!   steady stream or while catching up every [`REPLAY_COMMIT_WINDOW`] (or
 //!   [`REPLAY_GROUP_ENTRIES`]), so that each follower transaction carries many leader ones and
-//!   yet none waits long for its commit (see [`Group`]).
+//!   yet none waits long for its commit (see `Group`).
 //! - After an [`ApplyError::Batched`] the same entries are applied again strictly in log
 //!   order, each committed alone, so that a failure names its change and its entry; any other
 //!   error is retried with backoff by its class, or stops replay.
