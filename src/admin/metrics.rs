@@ -34,7 +34,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    use crate::follower::{REPLAY_ENTRIES_APPLIED_TOTAL, REPLAY_STRICT_RETRIES_TOTAL};
+    use crate::apply::scheduler::{REPLAY_ENTRIES_APPLIED_TOTAL, REPLAY_STRICT_RETRIES_TOTAL};
     use crate::log::committer::{LOG_BYTES_APPENDED_TOTAL, LOG_ENTRIES_APPENDED_TOTAL};
     use crate::relay::client::{SEED_BYTES, SEED_ROWS, SEED_TABLES_DONE};
     use crate::relay::server::{RELAY_BYTES_SENT_TOTAL, RELAY_ENTRIES_SENT_TOTAL};

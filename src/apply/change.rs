@@ -5,44 +5,15 @@
 //! tuple's key columns. What is set: every new value except the TOASTed ones the change left
 //! alone (and except the key columns when they come from the new tuple: they did not change).
 
-use std::error::Error;
 use std::fmt::Write as _;
 
-use bytes::{Bytes, BytesMut};
-use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use bytes::Bytes;
 
-use super::error::truncate_key;
-use super::error::KEY_DISPLAY_CHARS;
+use super::error::{truncate_key, KEY_DISPLAY_CHARS};
+use super::meta::TableMeta;
+use super::param::TextParam;
 use super::statement::{BY_KEY, DELETE, FULL_ROW, SET, UPDATE, WHERE_EQ, WHERE_NULL, WHERE_TEXT};
-use super::table::TableMeta;
 use crate::pgoutput::{self, Message, OldTuple, Tuple, Value};
-
-/// A value in its type's text form, sent as a text-format parameter of whatever type
-/// PostgreSQL infers for it. `None` is NULL. Shares the record's buffer.
-#[derive(Debug)]
-pub(super) struct TextParam(pub Option<Bytes>);
-
-impl ToSql for TextParam {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        match &self.0 {
-            Some(text) => {
-                out.extend_from_slice(text);
-                Ok(IsNull::No)
-            }
-            None => Ok(IsNull::Yes),
-        }
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    fn encode_format(&self, _: &Type) -> Format {
-        Format::Text
-    }
-
-    to_sql_checked!();
-}
 
 /// Why a change cannot be planned.
 #[derive(Debug, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio_postgres::Statement;
 
-use super::change::TextParam;
-use super::table::TableMeta;
+use super::meta::TableMeta;
+use super::param::TextParam;
 use crate::lsn::EntryId;
 use crate::pgoutput::{Tuple, Value};
 

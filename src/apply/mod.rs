@@ -9,6 +9,7 @@
 //!   transaction at the first record after a commit and keeps it open across entries until
 //!   [`Applier::commit`], which is only allowed between entries; several leader transactions
 //!   may so commit together, and a chunked entry is applied chunk by chunk in one transaction.
+//!   The transaction's states (idle, open, committing) and their transitions are `txn`'s.
 //! - Progress (`walship.progress`, see `progress`) is written in the same database
 //!   transaction as the changes it covers, so after a crash at any point the database holds
 //!   exactly the entries up to the one it names. `applied` is reported only after COMMIT
@@ -39,18 +40,35 @@
 //! unambiguous: the replication connection should use `DateStyle = ISO`, `IntervalStyle =
 //! postgres` and `extra_float_digits = 3`, as PostgreSQL's own subscriber asks of its
 //! publisher; `money` needs the same `lc_monetary` on both sides.
+//!
+//! # Layout
+//!
+//! From the leaves up, each module importing only those before it (and the leaves `error`,
+//! `progress` and `migrate`), so that no two import each other: `meta` (a follower
+//! table as replay sees it) and `param` (a value sent as text); `statement` (the SQL text of
+//! a shape); `change` (an update or delete planned as a shape and parameters); `copy` and
+//! `set` (bulk batches); `run` (changes gathered per table); `pipeline` (statements in flight,
+//! knowing nothing of replay); `check` (their results judged into an [`ApplyError`]); `table`
+//! (the mapping of leader relations, and prepared statements); `txn` (the transaction's
+//! state). [`Applier`] (here and in `replay`) drives them record by record, and `scheduler`
+//! decides when to connect, apply and commit.
 
 mod change;
+mod check;
 mod copy;
 mod error;
+mod meta;
 mod migrate;
+mod param;
 mod pipeline;
 mod progress;
 mod replay;
 mod run;
+pub mod scheduler;
 mod set;
 mod statement;
 mod table;
+mod txn;
 
 use std::sync::Arc;
 
@@ -60,16 +78,18 @@ use tracing::{debug, warn};
 use crate::log::entry::{self, EntryKind};
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index};
+use check::{Check, Op, Pipeline};
 use error::pg;
-use pipeline::{Check, Op, Pipeline};
 use run::Runs;
 use table::Tables;
+use txn::Txn;
 
 pub use copy::COPY_BATCH_BYTES;
 pub use error::{ApplyError, KEY_DISPLAY_CHARS};
 pub use pipeline::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 pub use progress::AppliedPosition;
 pub use run::{BULK_MIN_ROWS, MAX_OPEN_RUNS};
+pub use scheduler::ReplayError;
 pub use set::SET_BATCH_ROWS;
 pub use table::MAX_SHAPES_PER_TABLE;
 
@@ -112,14 +132,9 @@ pub struct Applier {
     /// Entries up to this one are replayed strictly in log order, none set-based (see
     /// [`ApplyError::Batched`]).
     strict_through: Option<Index>,
-    /// The first and the last entry with records in the open transaction.
-    txn_entries: Option<(EntryId, EntryId)>,
-    /// Changes of the open transaction may reach the database in another order than the
-    /// log's, or several in one statement: an error cannot name the first change at fault.
-    reordered: bool,
-    /// COMMIT was sent: an error now (a deferred constraint) belongs to any of the
-    /// transaction's entries.
-    committing: bool,
+    /// The open database transaction, if one is: its entries, whether it may commit, what an
+    /// error in it can say (see `txn` for the states and their transitions).
+    txn: Txn,
     /// Scratch for the shape of the current update or delete.
     shape: Vec<u8>,
     rows_sent: RowsSent,
@@ -127,11 +142,6 @@ pub struct Applier {
     rows_published: RowsSent,
     /// The last entry committed to the database.
     committed: Option<AppliedPosition>,
-    /// The last entry applied in the open transaction, committed with it.
-    staged: Option<AppliedPosition>,
-    /// The entry whose chunks are being applied (its closing record is still to come).
-    partial: Option<EntryId>,
-    in_transaction: bool,
 }
 
 impl Applier {
@@ -152,16 +162,11 @@ impl Applier {
             pipeline: Pipeline::default(),
             runs: Runs::default(),
             strict_through: None,
-            txn_entries: None,
-            reordered: false,
-            committing: false,
+            txn: Txn::Idle,
             rows_sent: RowsSent::default(),
             rows_published: RowsSent::default(),
             shape: Vec::new(),
             committed: None,
-            staged: None,
-            partial: None,
-            in_transaction: false,
         };
         applier.committed = applier.read_progress().await?;
         debug!(applied = ?applier.committed.map(|p| p.id), "applier connected");
@@ -170,7 +175,7 @@ impl Applier {
 
     /// The last entry whose effects are committed in this database (from walship.progress).
     pub async fn applied(&mut self) -> Result<Option<AppliedPosition>, ApplyError> {
-        if !self.in_transaction {
+        if self.txn.is_idle() {
             self.committed = self.read_progress().await?;
         }
         Ok(self.committed)
@@ -196,7 +201,7 @@ impl Applier {
 
     /// A database transaction is open: records were applied since the last commit.
     pub fn in_transaction(&self) -> bool {
-        self.in_transaction
+        !self.txn.is_idle()
     }
 
     /// Applies one log record (a chunk or the closing record of an entry), opening a database
@@ -213,18 +218,16 @@ impl Applier {
     /// Commits the open database transaction with the progress of its last entry; returns
     /// what is now applied. Only valid between entries.
     pub async fn commit(&mut self) -> Result<Option<AppliedPosition>, ApplyError> {
-        if let Some(open) = self.partial {
+        if let Some(open) = self.txn.inside_entry() {
             return Err(ApplyError::InsideEntry(open));
         }
-        if !self.in_transaction {
+        if self.txn.is_idle() {
             return Ok(self.committed);
         }
         match self.commit_open().await {
             Ok(()) => {
-                self.in_transaction = false;
-                self.committing = false;
-                self.txn_entries = None;
-                self.committed = self.staged.take().or(self.committed);
+                let staged = self.txn.end().and_then(|ended| ended.staged);
+                self.committed = staged.or(self.committed);
                 self.publish_rows_sent();
                 Ok(self.committed)
             }
@@ -236,7 +239,7 @@ impl Applier {
     /// default_transaction_read_only = on`; the apply session itself stays writable), or
     /// undoes that. Takes effect for sessions that start afterwards.
     pub async fn set_read_only(&mut self, on: bool) -> Result<(), ApplyError> {
-        if self.in_transaction {
+        if !self.txn.is_idle() {
             return Err(ApplyError::TransactionOpen("set_read_only"));
         }
         let row = self
@@ -273,7 +276,7 @@ impl Applier {
 
     /// Refuses a record that is not the next one in log order.
     fn check_order(&self, id: EntryId) -> Result<(), ApplyError> {
-        if let Some(open) = self.partial {
+        if let Some(open) = self.txn.inside_entry() {
             if open == id {
                 return Ok(());
             }
@@ -283,7 +286,7 @@ impl Applier {
         if let Some(committed) = self.committed.filter(|c| id.index <= c.id.index) {
             return Err(ApplyError::AlreadyApplied { record: id, applied: committed.id });
         }
-        let Some(last) = self.staged.or(self.committed) else {
+        let Some(last) = self.txn.staged().or(self.committed) else {
             return Ok(());
         };
         if id.index != last.id.index.next() || id.term < last.id.term {
@@ -295,18 +298,14 @@ impl Applier {
 
     async fn apply_in_order(&mut self, record: &Record) -> Result<(), ApplyError> {
         let id = record.id;
-        if !self.in_transaction {
+        if self.txn.is_idle() {
             let check = Check::Statement { entry: None, what: "begin" };
             let op = Op::execute(&self.client, self.begin.clone(), Vec::<String>::new(), check);
             self.pipeline.push(op).await?;
-            self.in_transaction = true;
-            self.reordered = false;
-            self.txn_entries = None;
         }
-        let first = self.txn_entries.map_or(id, |(first, _)| first);
-        self.txn_entries = Some((first, id));
-        if record.kind == RecordKind::Chunk {
-            self.partial = Some(id);
+        let chunk = record.kind == RecordKind::Chunk;
+        self.txn.record(id, chunk);
+        if chunk {
             return self.apply_items(id, &record.payload, entry::chunk_items(&record.payload)).await;
         }
         let (header, items) = entry::decode_entry(&record.payload)
@@ -314,15 +313,15 @@ impl Applier {
         if header.kind == EntryKind::Transaction {
             self.apply_items(id, &record.payload, items).await?;
         }
-        self.partial = None;
-        self.staged = Some(AppliedPosition { id, end_lsn: header.end_lsn, commit_time: header.commit_time });
+        self.txn.entry_applied(AppliedPosition { id, end_lsn: header.end_lsn, commit_time: header.commit_time });
         Ok(())
     }
 
     async fn commit_open(&mut self) -> Result<(), ApplyError> {
         self.end_runs().await?;
-        let entry = self.staged.map(|s| s.id);
-        if let Some(position) = &self.staged {
+        let staged = self.txn.staged();
+        let entry = staged.map(|s| s.id);
+        if let Some(position) = &staged {
             let expected = self.committed.map(|c| c.id);
             let params = progress::upsert_params(position, expected);
             let check = Check::Progress { expected };
@@ -334,7 +333,7 @@ impl Applier {
         self.pipeline.drain().await?;
         let check = Check::Statement { entry, what: "commit" };
         let op = Op::execute(&self.client, self.commit.clone(), Vec::<String>::new(), check);
-        self.committing = true;
+        self.txn.commit_sent();
         self.pipeline.push(op).await?;
         self.pipeline.drain().await
     }
@@ -349,14 +348,8 @@ impl Applier {
         let error = self.in_log_order(error);
         self.pipeline.clear();
         self.runs.clear();
-        self.txn_entries = None;
-        self.reordered = false;
-        self.committing = false;
         self.tables.clear();
-        self.partial = None;
-        self.staged = None;
-        if self.in_transaction {
-            self.in_transaction = false;
+        if self.txn.end().is_some() {
             if let Err(e) = self.client.batch_execute("ROLLBACK").await {
                 warn!(error = %e, "rollback of the apply transaction failed");
             }
@@ -370,9 +363,10 @@ impl Applier {
     /// entries again in strict order. Errors that are not the data's (a lost connection, a
     /// cancel) stay as they are.
     fn in_log_order(&self, error: ApplyError) -> ApplyError {
-        let Some((first, last)) = self.txn_entries else { return error };
-        let at_commit = self.committing && first != last;
-        if !(self.reordered || at_commit) || self.is_strict(last) {
+        let Some(open) = self.txn.open() else { return error };
+        let (first, last) = (open.first, open.last);
+        let at_commit = self.txn.is_committing() && first != last;
+        if !(open.reordered || at_commit) || self.is_strict(last) {
             return error;
         }
         let (table, reason) = match &error {

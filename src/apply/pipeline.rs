@@ -16,6 +16,9 @@
 //! Results are checked in push order, so the first failure is the one reported: the
 //! statements after it in the same transaction only fail with "current transaction is
 //! aborted", and are dropped unread.
+//!
+//! The pipeline knows nothing of replay: each op carries a check of the caller's type, a
+//! [`Judge`] that turns the statement's result into the caller's verdict (see `check`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,18 +31,19 @@ use futures_util::SinkExt;
 use tokio_postgres::types::BorrowToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::change::{key_from_detail, key_text};
-use super::copy::CopyContext;
-use super::error::{db_reason, is_divergence, ApplyError};
-use super::set::SetContext;
-use super::table::TableMeta;
-use crate::lsn::EntryId;
-
 /// Most statements sent and not yet checked.
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Most bytes the statements in flight keep alive (their COPY data and the record buffers
 /// their parameters point into).
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
+/// How a statement's result is judged, once it is read.
+pub(super) trait Judge {
+    type Error;
+
+    /// The verdict on the statement's row count, or its error.
+    fn judge(self, result: Result<u64, tokio_postgres::Error>) -> Result<(), Self::Error>;
+}
 
 type Pending = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
@@ -48,45 +52,18 @@ enum State {
     Done(Result<u64, tokio_postgres::Error>),
 }
 
-/// How to judge a statement's result.
-pub(super) enum Check {
-    /// Transaction control, progress, truncate: any row count. `entry` is the entry the
-    /// statement belongs to, if one.
-    Statement {
-        entry: Option<EntryId>,
-        what: &'static str,
-    },
-    /// An update or delete that must touch exactly one row; `message` is its pgoutput
-    /// message, decoded again only to name the row in an error.
-    OneRow {
-        entry: EntryId,
-        meta: Arc<TableMeta>,
-        message: Bytes,
-    },
-    Copy(CopyContext),
-    /// A one-row insert.
-    Insert {
-        entry: EntryId,
-        meta: Arc<TableMeta>,
-    },
-    /// A set-based update or delete, which must touch exactly one row per row of its batch.
-    Set(SetContext),
-    /// The progress update, which must touch its row.
-    Progress {
-        expected: Option<EntryId>,
-    },
-}
-
-pub(super) struct Op {
+pub(super) struct Op<C> {
     state: State,
-    check: Check,
+    check: C,
+    /// A COPY, whose data waits for its future to run again (see the module docs).
+    copy: bool,
     /// Memory the op keeps alive until it is checked.
     bytes: usize,
 }
 
-impl Op {
+impl<C> Op<C> {
     /// A prepared statement with parameters the op owns.
-    pub fn execute<P>(client: &Arc<Client>, statement: Statement, params: Vec<P>, check: Check) -> Op
+    pub fn execute<P>(client: &Arc<Client>, statement: Statement, params: Vec<P>, check: C) -> Op<C>
     where
         P: BorrowToSql + Send + 'static,
     {
@@ -96,7 +73,7 @@ impl Op {
     }
 
     /// One COPY of `data`.
-    pub fn copy(client: &Arc<Client>, statement: Statement, data: Bytes, context: CopyContext) -> Op {
+    pub fn copy(client: &Arc<Client>, statement: Statement, data: Bytes, check: C) -> Op<C> {
         let client = client.clone();
         let bytes = data.len();
         let future = async move {
@@ -104,38 +81,43 @@ impl Op {
             sink.send(data).await?;
             sink.as_mut().finish().await
         };
-        Op::new(Box::pin(future), Check::Copy(context)).keeping(bytes)
+        Op { copy: true, ..Op::new(Box::pin(future), check) }.keeping(bytes)
     }
 
     /// A simple-protocol query (no parameters).
-    pub fn simple(client: &Arc<Client>, sql: String, check: Check) -> Op {
+    pub fn simple(client: &Arc<Client>, sql: String, check: C) -> Op<C> {
         let client = client.clone();
         let future = async move { client.batch_execute(&sql).await.map(|()| 0) };
         Op::new(Box::pin(future), check)
     }
 
     /// Counts `bytes` against [`MAX_IN_FLIGHT_BYTES`] while the op is in flight.
-    pub fn keeping(mut self, bytes: usize) -> Op {
+    pub fn keeping(mut self, bytes: usize) -> Op<C> {
         self.bytes = bytes;
         self
     }
 
-    fn new(future: Pending, check: Check) -> Op {
-        Op { state: State::Pending(future), check, bytes: 0 }
+    fn new(future: Pending, check: C) -> Op<C> {
+        Op { state: State::Pending(future), check, copy: false, bytes: 0 }
     }
 }
 
-#[derive(Default)]
-pub(super) struct Pipeline {
-    ops: VecDeque<Op>,
+pub(super) struct Pipeline<C> {
+    ops: VecDeque<Op<C>>,
     bytes: usize,
     /// The record buffer counted last, so that consecutive ops of one record count it once.
     last_buffer: usize,
 }
 
-impl Pipeline {
+impl<C> Default for Pipeline<C> {
+    fn default() -> Self {
+        Pipeline { ops: VecDeque::new(), bytes: 0, last_buffer: 0 }
+    }
+}
+
+impl<C: Judge> Pipeline<C> {
     /// Sends the op's statement now; checks the oldest ones while too many are in flight.
-    pub async fn push(&mut self, mut op: Op) -> Result<(), ApplyError> {
+    pub async fn push(&mut self, mut op: Op<C>) -> Result<(), C::Error> {
         if let State::Pending(future) = &mut op.state {
             if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
                 op.state = State::Done(result);
@@ -160,22 +142,22 @@ impl Pipeline {
     }
 
     /// Drains the pipeline if a COPY is in flight: before any request awaited directly.
-    pub async fn settle_copies(&mut self) -> Result<(), ApplyError> {
-        if self.ops.iter().any(|op| matches!(op.check, Check::Copy(_))) {
+    pub async fn settle_copies(&mut self) -> Result<(), C::Error> {
+        if self.ops.iter().any(|op| op.copy) {
             self.drain().await?;
         }
         Ok(())
     }
 
     /// Waits for and checks every op in flight.
-    pub async fn drain(&mut self) -> Result<(), ApplyError> {
+    pub async fn drain(&mut self) -> Result<(), C::Error> {
         while !self.ops.is_empty() {
             self.finish_oldest().await?;
         }
         Ok(())
     }
 
-    async fn finish_oldest(&mut self) -> Result<(), ApplyError> {
+    async fn finish_oldest(&mut self) -> Result<(), C::Error> {
         let Some(op) = self.ops.pop_front() else {
             return Ok(());
         };
@@ -184,7 +166,7 @@ impl Pipeline {
             State::Pending(future) => future.await,
             State::Done(result) => result,
         };
-        let checked = check(op.check, result);
+        let checked = op.check.judge(result);
         if checked.is_err() {
             self.clear();
         }
@@ -196,113 +178,5 @@ impl Pipeline {
         self.ops.clear();
         self.bytes = 0;
         self.last_buffer = 0;
-    }
-}
-
-fn check(check: Check, result: Result<u64, tokio_postgres::Error>) -> Result<(), ApplyError> {
-    match (check, result) {
-        (Check::OneRow { .. } | Check::Progress { .. }, Ok(1))
-        | (Check::Statement { .. } | Check::Copy(_) | Check::Insert { .. }, Ok(_)) => Ok(()),
-        (Check::Set(context), Ok(rows)) if rows == context.rows => Ok(()),
-        (Check::Set(context), Ok(rows)) => {
-            let reason = format!("{rows} rows matched the batch's {}", context.rows);
-            Err(set_error(context, reason))
-        }
-        (Check::Set(context), Err(source)) => {
-            let reason = db_reason(&source);
-            Err(set_error(context, reason))
-        }
-        (Check::Insert { entry, meta }, Err(source)) => Err(if is_divergence(&source) {
-            ApplyError::Divergence {
-                entry,
-                table: meta.display.clone(),
-                key: source.as_db_error().and_then(|db| db.detail()).map(key_from_detail).unwrap_or_default(),
-                reason: db_reason(&source),
-            }
-        } else {
-            ApplyError::Change { entry, what: format!("insert into {}", meta.display), source }
-        }),
-        (Check::Progress { expected }, Ok(_)) => Err(ApplyError::ProgressMoved { expected }),
-        (Check::Progress { .. }, Err(source)) => Err(ApplyError::Postgres { what: "record progress", source }),
-        (Check::OneRow { entry, meta, message }, Ok(rows)) => Err(ApplyError::Divergence {
-            entry,
-            table: meta.display.clone(),
-            key: key_text(&meta, &message),
-            reason: match rows {
-                0 => "no row has this key on the follower".into(),
-                n => format!("{n} rows have this key on the follower"),
-            },
-        }),
-        (Check::OneRow { entry, meta, message }, Err(source)) => Err(if is_divergence(&source) {
-            ApplyError::Divergence {
-                entry,
-                table: meta.display.clone(),
-                key: key_text(&meta, &message),
-                reason: db_reason(&source),
-            }
-        } else {
-            ApplyError::Change { entry, what: format!("change a row of {}", meta.display), source }
-        }),
-        (Check::Copy(context), Err(source)) => Err(copy_error(context, source)),
-        (Check::Statement { entry, what }, Err(source)) => Err(statement_error(entry, what, source)),
-    }
-}
-
-fn copy_error(context: CopyContext, source: tokio_postgres::Error) -> ApplyError {
-    let db = source.as_db_error();
-    let line = db.and_then(|db| db.where_()).and_then(copy_line);
-    let entry = line
-        .and_then(|line| context.entry_of_line(line))
-        .or(context.entries.first().map(|&(_, entry)| entry))
-        .unwrap_or_default();
-    if is_divergence(&source) {
-        return ApplyError::Divergence {
-            entry,
-            table: context.meta.display.clone(),
-            key: db.and_then(|db| db.detail()).map(key_from_detail).unwrap_or_default(),
-            reason: db_reason(&source),
-        };
-    }
-    ApplyError::Change { entry, what: format!("insert into {}", context.meta.display), source }
-}
-
-fn set_error(context: SetContext, reason: String) -> ApplyError {
-    let SetContext { meta, first, last, .. } = context;
-    ApplyError::Batched { first, last, table: meta.display.clone(), reason }
-}
-
-fn statement_error(entry: Option<EntryId>, what: &'static str, source: tokio_postgres::Error) -> ApplyError {
-    match (entry, source.as_db_error()) {
-        // A deferred constraint checked at commit, a truncate of a referenced table.
-        (Some(entry), Some(db)) if is_divergence(&source) => ApplyError::Divergence {
-            entry,
-            table: match (db.schema(), db.table()) {
-                (Some(schema), Some(table)) => format!("{schema}.{table}"),
-                _ => String::new(),
-            },
-            key: db.detail().map(key_from_detail).unwrap_or_default(),
-            reason: db_reason(&source),
-        },
-        (Some(entry), _) => ApplyError::Change { entry, what: what.into(), source },
-        (None, _) => ApplyError::Postgres { what, source },
-    }
-}
-
-/// The line number in a COPY error's context: `COPY t, line 3[, column c: "..."]`.
-fn copy_line(context: &str) -> Option<u64> {
-    let after = context.split_once(", line ")?.1;
-    let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
-    after.get(..digits)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_error_lines_are_found() {
-        assert_eq!(copy_line("COPY t, line 3"), Some(3));
-        assert_eq!(copy_line("COPY \"a b\", line 12, column id: \"5\""), Some(12));
-        assert_eq!(copy_line("SQL statement"), None);
     }
 }

@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 
-use super::change::{self, PlanError, TextParam};
+use super::change::{self, PlanError};
+use super::check::{Check, Op};
 use super::error::ApplyError;
-use super::pipeline::{Check, Op};
-use super::run::{Held, Key, Mode, Run, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
+use super::param::TextParam;
+use super::run::{Held, KeyClaim, Mode, Run, RunIndex, RunKind, BULK_MIN_ROWS, MAX_OPEN_RUNS};
 use super::statement;
 use super::Applier;
 use crate::log::entry::Items;
@@ -48,7 +49,9 @@ impl Applier {
                 let message = payload.slice_ref(item);
                 if !self.tables.is_current(relation.rel_id, &message) {
                     self.end_runs().await?;
-                    self.tables.relation(&self.client, &mut self.pipeline, entry, &relation, &message).await?;
+                    self.tables
+                        .relation(&self.client, self.pipeline.settle_copies(), entry, &relation, &message)
+                        .await?;
                 }
                 Ok(())
             }
@@ -72,18 +75,19 @@ impl Applier {
         rel_id: u32,
         new: Tuple<'_>,
     ) -> Result<(), ApplyError> {
-        let at = self.run_for(entry, rel_id, RunKind::Insert).await?;
-        let run = &mut self.runs.open[at];
+        let run_at = self.run_for(entry, rel_id, RunKind::Insert).await?;
+        let run = &mut self.runs[run_at];
         if run.mode == Mode::Copy {
             run.copy.push_row(entry, new).map_err(|reason| malformed(entry, reason))?;
             if run.copy.is_full() {
-                self.flush_copy(at).await?;
+                self.flush_copy(run_at).await?;
             }
             return Ok(());
         }
         let meta = &self.tables.get(entry, rel_id)?.meta;
         let params = change::insert_params(meta, payload, new).map_err(|reason| malformed(entry, reason))?;
-        self.add_row(at, Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params }).await
+        self.add_row(run_at, Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params })
+            .await
     }
 
     /// An update (`new` given) or a delete.
@@ -114,31 +118,32 @@ impl Applier {
             return Err(error);
         }
         let kind = RunKind::Change { shape: self.shape.clone() };
-        let mut at = self.run_for(entry, rel_id, kind).await?;
+        let mut run_at = self.run_for(entry, rel_id, kind).await?;
         let row = Held { entry, payload: Some(payload.clone()), message: payload.slice_ref(item), params };
-        match self.runs.open[at].find_key(&row.params) {
-            Key::New => {}
-            Key::At(earlier) if self.runs.open[at].collapsible => {
+        match self.runs[run_at].claim_key(&row.params) {
+            KeyClaim::Claimed => {}
+            KeyClaim::Existing(earlier) if self.runs[run_at].collapsible => {
                 // Only the last update of a key counts; its row now stands for both, so an
                 // error can no longer name the earlier one.
-                self.reordered = true;
-                self.replace_row(at, earlier, row)?;
-                return self.flush_set_if_full(at).await;
+                self.txn.reordered();
+                self.replace_row(run_at, earlier, row)?;
+                return self.flush_set_if_full(run_at).await;
             }
-            Key::At(_) | Key::Clash => {
-                let run = self.runs.open.remove(at);
+            KeyClaim::Existing(_) | KeyClaim::Clash => {
+                let run = self.runs.remove(run_at);
                 let (kind, ordered, collapsible) = (run.kind.clone(), run.ordered, run.collapsible);
                 self.send_run(run).await?;
-                at = self.open_run(Run::new(rel_id, kind, ordered, collapsible)).await?;
-                self.runs.open[at].find_key(&row.params);
+                run_at = self.open_run(Run::new(rel_id, kind, ordered, collapsible)).await?;
+                // The run is new: the key is claimed for the row added below.
+                self.runs[run_at].claim_key(&row.params);
             }
         }
-        self.add_row(at, row).await
+        self.add_row(run_at, row).await
     }
 
     /// Replaces the run's row at `earlier` with a later update of the same key.
-    fn replace_row(&mut self, at: usize, earlier: usize, row: Held) -> Result<(), ApplyError> {
-        let run = &mut self.runs.open[at];
+    fn replace_row(&mut self, run_at: RunIndex, earlier: usize, row: Held) -> Result<(), ApplyError> {
+        let run = &mut self.runs[run_at];
         let entry = row.entry;
         match run.mode {
             Mode::Holding => match run.held.get_mut(earlier) {
@@ -156,25 +161,25 @@ impl Applier {
     }
 
     /// Sends the run's set-based batch if it grew full (a replaced row may be larger).
-    async fn flush_set_if_full(&mut self, at: usize) -> Result<(), ApplyError> {
-        if self.runs.open[at].mode == Mode::Set && self.runs.open[at].set.is_full() {
-            self.flush_set(at).await?;
+    async fn flush_set_if_full(&mut self, run_at: RunIndex) -> Result<(), ApplyError> {
+        if self.runs[run_at].mode == Mode::Set && self.runs[run_at].set.is_full() {
+            self.flush_set(run_at).await?;
         }
         Ok(())
     }
 
     /// The position of the table's open run of this kind: the table's run of another kind
     /// or shape ended, and every other run ended when order across tables must be kept.
-    async fn run_for(&mut self, entry: EntryId, rel_id: u32, kind: RunKind) -> Result<usize, ApplyError> {
+    async fn run_for(&mut self, entry: EntryId, rel_id: u32, kind: RunKind) -> Result<RunIndex, ApplyError> {
         let meta = self.tables.get(entry, rel_id)?.meta.clone();
         if meta.ordered || self.is_strict(entry) || self.runs.others_ordered(rel_id) {
             self.end_runs_but(rel_id).await?;
         }
-        if let Some(at) = self.runs.find(rel_id) {
-            if self.runs.open[at].kind == kind {
-                return Ok(at);
+        if let Some(run_at) = self.runs.of_table(rel_id) {
+            if self.runs[run_at].kind == kind {
+                return Ok(run_at);
             }
-            let run = self.runs.open.remove(at);
+            let run = self.runs.remove(run_at);
             self.send_run(run).await?;
         }
         // A run opened in strict order never collapses, even past the strict entries: the
@@ -192,19 +197,20 @@ impl Applier {
     }
 
     /// Adds a run after the open ones; returns its position.
-    async fn open_run(&mut self, run: Run) -> Result<usize, ApplyError> {
-        if self.runs.open.len() >= MAX_OPEN_RUNS {
+    async fn open_run(&mut self, run: Run) -> Result<RunIndex, ApplyError> {
+        if self.runs.len() >= MAX_OPEN_RUNS {
             self.end_runs().await?;
         }
         // Rows of this run may now go out before those of runs opened earlier.
-        self.reordered |= !self.runs.open.is_empty();
-        self.runs.open.push(run);
-        Ok(self.runs.open.len() - 1)
+        if !self.runs.is_empty() {
+            self.txn.reordered();
+        }
+        Ok(self.runs.push(run))
     }
 
-    /// Adds a row to the run at `at`, as its mode says.
-    async fn add_row(&mut self, at: usize, row: Held) -> Result<(), ApplyError> {
-        let run = &mut self.runs.open[at];
+    /// Adds a row to the run at `run_at`, as its mode says.
+    async fn add_row(&mut self, run_at: RunIndex, row: Held) -> Result<(), ApplyError> {
+        let run = &mut self.runs[run_at];
         match run.mode {
             Mode::RowByRow => {
                 let (rel_id, kind) = (run.rel_id, run.kind.clone());
@@ -213,7 +219,7 @@ impl Applier {
             Mode::Holding => {
                 run.held.push(row.detach());
                 if run.held.len() >= BULK_MIN_ROWS {
-                    self.go_bulk(at).await?;
+                    self.go_bulk(run_at).await?;
                 }
                 Ok(())
             }
@@ -221,7 +227,7 @@ impl Applier {
                 let row = row.detach();
                 run.set.push(row.entry, row.params).map_err(|reason| malformed(row.entry, reason))?;
                 if run.set.is_full() {
-                    self.flush_set(at).await?;
+                    self.flush_set(run_at).await?;
                 }
                 Ok(())
             }
@@ -229,10 +235,10 @@ impl Applier {
         }
     }
 
-    /// The run at `at` is long enough for bulk: moves its held rows into a COPY or set-based
+    /// The run at `run_at` is long enough for bulk: moves its held rows into a COPY or set-based
     /// batch, or sends them row by row when its shape cannot go set-based or replay is strict.
-    async fn go_bulk(&mut self, at: usize) -> Result<(), ApplyError> {
-        let run = &self.runs.open[at];
+    async fn go_bulk(&mut self, run_at: RunIndex) -> Result<(), ApplyError> {
+        let run = &self.runs[run_at];
         let Some(first) = run.held.first().map(|row| row.entry) else { return Ok(()) };
         let (rel_id, kind) = (run.rel_id, run.kind.clone());
         // A trigger that fires on the replica may look at the table itself: its rows go in
@@ -241,8 +247,9 @@ impl Applier {
             _ if run.ordered => None,
             RunKind::Change { .. } if self.is_strict(first) => None,
             RunKind::Insert => {
-                let (meta, statement) = self.tables.copy(&self.client, &mut self.pipeline, first, rel_id).await?;
-                let run = &mut self.runs.open[at];
+                let (meta, statement) =
+                    self.tables.copy(&self.client, self.pipeline.settle_copies(), first, rel_id).await?;
+                let run = &mut self.runs[run_at];
                 run.copy.start(rel_id, meta, statement);
                 for row in std::mem::take(&mut run.held) {
                     run.copy.push_params(row.entry, &row.params).map_err(|reason| malformed(row.entry, reason))?;
@@ -251,10 +258,10 @@ impl Applier {
                 return Ok(());
             }
             RunKind::Change { shape } => {
-                self.tables.set_statement(&self.client, &mut self.pipeline, first, rel_id, &shape).await?
+                self.tables.set_statement(&self.client, self.pipeline.settle_copies(), first, rel_id, &shape).await?
             }
         };
-        let run = &mut self.runs.open[at];
+        let run = &mut self.runs[run_at];
         let Some((meta, statement, delimiters)) = set else {
             run.mode = Mode::RowByRow;
             let (rel_id, kind, held) = (run.rel_id, run.kind.clone(), std::mem::take(&mut run.held));
@@ -268,13 +275,13 @@ impl Applier {
             run.set.push(row.entry, row.params).map_err(|reason| malformed(row.entry, reason))?;
         }
         run.mode = Mode::Set;
-        self.reordered = true;
+        self.txn.reordered();
         Ok(())
     }
 
     /// Sends every open run, in the order they were opened.
     pub(super) async fn end_runs(&mut self) -> Result<(), ApplyError> {
-        for run in std::mem::take(&mut self.runs.open) {
+        for run in self.runs.take_all() {
             self.send_run(run).await?;
         }
         Ok(())
@@ -282,13 +289,7 @@ impl Applier {
 
     /// Sends every open run but the table's.
     async fn end_runs_but(&mut self, rel_id: u32) -> Result<(), ApplyError> {
-        if self.runs.open.iter().all(|run| run.rel_id == rel_id) {
-            return Ok(());
-        }
-        let (keep, send): (Vec<Run>, Vec<Run>) =
-            std::mem::take(&mut self.runs.open).into_iter().partition(|run| run.rel_id == rel_id);
-        self.runs.open = keep;
-        for run in send {
+        for run in self.runs.take_all_but(rel_id) {
             self.send_run(run).await?;
         }
         Ok(())
@@ -318,12 +319,13 @@ impl Applier {
         self.rows_sent.row += 1;
         let op = match kind {
             RunKind::Insert => {
-                let (meta, statement) = self.tables.insert(&self.client, &mut self.pipeline, entry, rel_id).await?;
+                let (meta, statement) =
+                    self.tables.insert(&self.client, self.pipeline.settle_copies(), entry, rel_id).await?;
                 Op::execute(&self.client, statement, params, Check::Insert { entry, meta })
             }
             RunKind::Change { shape } => {
                 let (meta, statement) =
-                    self.tables.statement(&self.client, &mut self.pipeline, entry, rel_id, shape).await?;
+                    self.tables.statement(&self.client, self.pipeline.settle_copies(), entry, rel_id, shape).await?;
                 Op::execute(&self.client, statement, params, Check::OneRow { entry, meta, message })
             }
         };
@@ -341,9 +343,9 @@ impl Applier {
         self.pipeline.push(Op::simple(&self.client, sql, check)).await
     }
 
-    /// Sends the COPY batch of the run at `at`, which stays open.
-    async fn flush_copy(&mut self, at: usize) -> Result<(), ApplyError> {
-        let Some((statement, data, context)) = self.runs.open[at].copy.take() else { return Ok(()) };
+    /// Sends the COPY batch of the run at `run_at`, which stays open.
+    async fn flush_copy(&mut self, run_at: RunIndex) -> Result<(), ApplyError> {
+        let Some((statement, data, context)) = self.runs[run_at].copy.take() else { return Ok(()) };
         self.push_copy(statement, data, context).await
     }
 
@@ -354,12 +356,12 @@ impl Applier {
         context: super::copy::CopyContext,
     ) -> Result<(), ApplyError> {
         self.rows_sent.copy += context.rows;
-        self.pipeline.push(Op::copy(&self.client, statement, data, context)).await
+        self.pipeline.push(Op::copy(&self.client, statement, data, Check::Copy(context))).await
     }
 
-    /// Sends the set-based batch of the run at `at`, which stays open.
-    async fn flush_set(&mut self, at: usize) -> Result<(), ApplyError> {
-        let run = &mut self.runs.open[at];
+    /// Sends the set-based batch of the run at `run_at`, which stays open.
+    async fn flush_set(&mut self, run_at: RunIndex) -> Result<(), ApplyError> {
+        let run = &mut self.runs[run_at];
         let Some((statement, params, context)) = run.set.take() else { return Ok(()) };
         run.clear_keys();
         self.push_set(statement, params, context).await

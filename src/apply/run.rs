@@ -30,8 +30,8 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use bytes::Bytes;
 
-use super::change::TextParam;
 use super::copy::CopyBatch;
+use super::param::TextParam;
 use super::set::SetBatch;
 use super::statement::SET;
 use crate::lsn::EntryId;
@@ -96,13 +96,13 @@ impl Held {
     }
 }
 
-/// Whether a change's key is in the run already.
+/// What [`Run::claim_key`] found of a change's key in the run.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Key {
-    /// Not yet: it is recorded as the next row's.
-    New,
+pub(super) enum KeyClaim {
+    /// The key was not there: it is now recorded as the next row's, which the caller adds.
+    Claimed,
     /// The row at this position (held, or in the set-based batch) has it.
-    At(usize),
+    Existing(usize),
     /// Another key with the same hash is there: the run must end before this row.
     Clash,
 }
@@ -150,11 +150,13 @@ impl Run {
         }
     }
 
-    /// Looks the key of a change's `params` up among the run's rows, recording it as the
-    /// next row's when new. Row-by-row runs keep no keys: every row is new.
-    pub fn find_key(&mut self, params: &[TextParam]) -> Key {
+    /// Claims the key of a change's `params` for the next row of the run, unless a row of
+    /// the run has it (or another key with its hash) already: so a run's keys stay distinct.
+    /// Once claimed, the caller must add the row, or end the run. Row-by-row runs keep no
+    /// keys: every key is claimed.
+    pub fn claim_key(&mut self, params: &[TextParam]) -> KeyClaim {
         let next = match self.mode {
-            Mode::RowByRow | Mode::Copy => return Key::New,
+            Mode::RowByRow | Mode::Copy => return KeyClaim::Claimed,
             Mode::Holding => self.held.len(),
             Mode::Set => self.set.len(),
         };
@@ -165,7 +167,7 @@ impl Run {
         }
         let at = *self.keys.entry(hasher.finish()).or_insert(next);
         if at == next {
-            return Key::New;
+            return KeyClaim::Claimed;
         }
         let row = match self.mode {
             Mode::Holding => self.held.get(at).map(|row| row.params.as_slice()),
@@ -175,9 +177,9 @@ impl Run {
             .and_then(|row| row.get(self.set_params..))
             .is_some_and(|row| row.len() == key.len() && row.iter().zip(key).all(|(a, b)| a.0 == b.0));
         if same {
-            Key::At(at)
+            KeyClaim::Existing(at)
         } else {
-            Key::Clash
+            KeyClaim::Clash
         }
     }
 
@@ -187,16 +189,24 @@ impl Run {
     }
 }
 
-/// The open runs, in the order they were opened, which is the order they go out at commit.
+/// The open runs, in the order they were opened, which is the order they go out at commit;
+/// at most one per table.
 #[derive(Default)]
 pub(super) struct Runs {
-    pub open: Vec<Run>,
+    open: Vec<Run>,
 }
+
+/// The position of an open run among [`Runs`]. Since runs keep the order they were opened
+/// in, the position of a run shifts when one opened before it leaves: a `RunIndex` holds
+/// only until the next [`Runs::remove`], [`Runs::take_all`], [`Runs::take_all_but`] or
+/// [`Runs::clear`], and is never kept beyond the change being applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RunIndex(usize);
 
 impl Runs {
     /// The position of the table's open run.
-    pub fn find(&self, rel_id: u32) -> Option<usize> {
-        self.open.iter().position(|run| run.rel_id == rel_id)
+    pub fn of_table(&self, rel_id: u32) -> Option<RunIndex> {
+        self.open.iter().position(|run| run.rel_id == rel_id).map(RunIndex)
     }
 
     /// Another table has an open run that must keep its order.
@@ -204,7 +214,55 @@ impl Runs {
         self.open.iter().any(|run| run.ordered && run.rel_id != rel_id)
     }
 
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Adds a run after the open ones; returns its position.
+    pub fn push(&mut self, run: Run) -> RunIndex {
+        self.open.push(run);
+        RunIndex(self.open.len() - 1)
+    }
+
+    /// Takes a run out; the runs opened after it move up.
+    pub fn remove(&mut self, at: RunIndex) -> Run {
+        self.open.remove(at.0)
+    }
+
+    /// Takes every open run, in the order they were opened.
+    pub fn take_all(&mut self) -> Vec<Run> {
+        std::mem::take(&mut self.open)
+    }
+
+    /// Takes every open run but the table's, in the order they were opened.
+    pub fn take_all_but(&mut self, rel_id: u32) -> Vec<Run> {
+        if self.open.iter().all(|run| run.rel_id == rel_id) {
+            return Vec::new();
+        }
+        let (keep, take): (Vec<Run>, Vec<Run>) = self.take_all().into_iter().partition(|run| run.rel_id == rel_id);
+        self.open = keep;
+        take
+    }
+
     pub fn clear(&mut self) {
         self.open.clear();
+    }
+}
+
+impl std::ops::Index<RunIndex> for Runs {
+    type Output = Run;
+
+    fn index(&self, at: RunIndex) -> &Run {
+        &self.open[at.0]
+    }
+}
+
+impl std::ops::IndexMut<RunIndex> for Runs {
+    fn index_mut(&mut self, at: RunIndex) -> &mut Run {
+        &mut self.open[at.0]
     }
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio_postgres::Statement;
 
-use super::change::TextParam;
 use super::copy::COPY_BATCH_BYTES;
-use super::table::TableMeta;
+use super::meta::TableMeta;
+use super::param::TextParam;
 use crate::lsn::EntryId;
 
 /// Most rows in one set-based statement.

@@ -47,7 +47,7 @@ use std::fmt::Write as _;
 
 use tokio_postgres::types::{Kind, Type};
 
-use super::table::{ColumnMeta, TableMeta};
+use super::meta::{ColumnMeta, TableMeta};
 use crate::pgoutput::{TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY};
 
 pub(super) const UPDATE: u8 = b'U';

@@ -5,8 +5,14 @@
 //! follower's input functions read them. The mapping is cached per leader relation id and
 //! looked up again whenever a Relation message differs from the one it was made from (a
 //! schema change on the leader, or another leader whose OIDs mean other tables).
+//!
+//! Statements are prepared on first use and the catalog read only for a new mapping, by
+//! requests awaited directly. Every method that may send one takes `settle`, the caller's
+//! future that frees the connection first (a COPY in flight holds it: see `pipeline`), and
+//! awaits it only then: a statement found in the cache waits for nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +20,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use super::error::ApplyError;
-use super::pipeline::Pipeline;
+use super::meta::{ColumnMeta, TableMeta};
 use super::statement;
 use crate::lsn::EntryId;
 use crate::pgoutput::{Relation, COLUMN_KEY};
@@ -24,13 +30,14 @@ use crate::sql::{quote_ident, quote_qualified};
 /// patterns of replica identity FULL rows; past this many the table's cache starts afresh.
 pub const MAX_SHAPES_PER_TABLE: usize = 64;
 
-/// The follower's columns of a table: `(partitioned, column name or NULL for a table without
-/// columns, whether the type has a default equality operator, type oid, its array type's oid
-/// or 0, the delimiter of its array literals, whether the table or one of its partitions or
-/// children has triggers or rules that fire on a replica, for an array column the qualified
-/// name of its type)`. Equality is looked for on the type
-/// under any domains and array levels, as PostgreSQL's type cache does.
-const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
+/// The follower's columns of a table, a row each, read by column name: `partitioned`,
+/// `column_name` (NULL for a table without columns), `has_eq` (the type has a default
+/// equality operator), `type_oid`, `array_oid` (its array type's, or 0), `delimiter` (of its
+/// array literals), `replica_triggers` (the table or one of its partitions or children has
+/// triggers or rules that fire on a replica), `array_cast` (for an array column, the
+/// qualified name of its type). Equality is looked for on the type under any domains and
+/// array levels, as PostgreSQL's type cache does.
+const COLUMNS_SQL: &str = "SELECT c.relkind = 'p' AS partitioned, a.attname::text AS column_name, \
  (WITH RECURSIVE walk(oid, depth) AS ( \
      SELECT a.atttypid, 0 \
    UNION ALL \
@@ -45,8 +52,8 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
        WHEN 'r' THEN pg_catalog.to_regtype('anyrange') \
        WHEN 'm' THEN pg_catalog.to_regtype('anymultirange') \
        WHEN 'c' THEN pg_catalog.to_regtype('record') END)) \
-  FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1), \
- a.atttypid, ty.typarray, ty.typdelim::text, \
+  FROM walk JOIN pg_catalog.pg_type t ON t.oid = walk.oid ORDER BY walk.depth DESC LIMIT 1) AS has_eq, \
+ a.atttypid AS type_oid, ty.typarray AS array_oid, ty.typdelim::text AS delimiter, \
  (WITH RECURSIVE tree(oid) AS ( \
      SELECT c.oid \
    UNION \
@@ -54,9 +61,9 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
   SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg JOIN tree ON tg.tgrelid = tree.oid \
        WHERE NOT tg.tgisinternal AND tg.tgenabled IN ('A', 'R')) \
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN tree ON r.ev_class = tree.oid \
-       WHERE r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))), \
+       WHERE r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))) AS replica_triggers, \
  CASE WHEN ty.typcategory = 'A' AND ty.typarray = 0 \
-   THEN pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END \
+   THEN pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) END AS array_cast \
  FROM pg_catalog.pg_class c \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -66,8 +73,9 @@ const COLUMNS_SQL: &str = "SELECT c.relkind = 'p', a.attname::text, \
 
 /// The key columns of each of the follower table's unique indexes that holds for every row
 /// at every statement's end (not partial, not on expressions, not deferrable, valid) and
-/// compares each column with the column's own collation, as `=` on it does.
-const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) \
+/// compares each column with the column's own collation, as `=` on it does: `key_columns`, a
+/// row per index.
+const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) AS key_columns \
  FROM pg_catalog.pg_index i \
  JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -77,49 +85,6 @@ const UNIQUE_SQL: &str = "SELECT pg_catalog.array_agg(a.attname::text) \
    AND i.indpred IS NULL AND i.indexprs IS NULL \
  GROUP BY i.indexrelid \
  HAVING pg_catalog.bool_and(i.indcollation[k.n] = a.attcollation)";
-
-/// What a change needs to know about its table; shared with the statements in flight.
-#[derive(Debug)]
-pub(super) struct TableMeta {
-    /// `"namespace"."name"`, quoted for SQL.
-    pub sql_name: String,
-    /// `namespace.name`, for messages.
-    pub display: String,
-    /// A partitioned table: a `ctid` alone does not name one of its rows.
-    pub partitioned: bool,
-    /// The leader's columns, in the leader's order, which is the order of tuple values.
-    pub columns: Vec<ColumnMeta>,
-    /// The follower's unique indexes on the leader's key columns, as positions in `columns`:
-    /// a change that compares the columns of one of them names at most one row, so a
-    /// set-based change of distinct keys touches one row per key.
-    pub unique_keys: Vec<Vec<usize>>,
-    /// The follower table has triggers that fire in the apply session (`ENABLE ALWAYS` or
-    /// `ENABLE REPLICA`), which may see other tables: its changes keep their order with them.
-    pub ordered: bool,
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct ColumnMeta {
-    pub name: String,
-    /// The name quoted for SQL.
-    pub ident: String,
-    /// Part of the leader's replica identity.
-    pub key: bool,
-    /// The follower's type has an equality operator; else rows are compared as text.
-    pub has_eq: bool,
-    /// The follower's type, which the column's statement parameters are declared as.
-    pub type_oid: u32,
-    /// The array type of the follower's type (0: none, as for array columns), which the
-    /// column's arrays in set-based statements are declared as.
-    pub array_oid: u32,
-    /// The delimiter between elements of such an array literal (`,` but for `box`).
-    pub delimiter: u8,
-    /// Of an array column, whose type has no array type: the type's schema-qualified catalog
-    /// name (`pg_catalog._bpchar`), which reads as the type without a typmod, so that a cast
-    /// to it from `text` calls its input function as a parameter of that type would, and
-    /// the column's typmod applies at assignment as it does to a parameter.
-    pub array_cast: Option<String>,
-}
 
 pub(super) struct Table {
     pub meta: Arc<TableMeta>,
@@ -150,7 +115,7 @@ impl Tables {
     pub async fn relation(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         relation: &Relation<'_>,
         message: &Bytes,
@@ -158,7 +123,7 @@ impl Tables {
         if self.is_current(relation.rel_id, message) {
             return Ok(false);
         }
-        pipeline.settle_copies().await?;
+        settle.await?;
         let meta = resolve(client, entry, relation).await?;
         let table = Table {
             meta: Arc::new(meta),
@@ -190,7 +155,7 @@ impl Tables {
     pub async fn statement(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
         shape: &[u8],
@@ -204,7 +169,7 @@ impl Tables {
         }
         let sql = statement::change_sql(&table.meta, shape);
         let types = statement::param_types(&table.meta, shape);
-        pipeline.settle_copies().await?;
+        settle.await?;
         let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
         table.statements.insert(shape.to_vec(), prepared.clone());
         Ok((table.meta.clone(), prepared))
@@ -215,7 +180,7 @@ impl Tables {
     pub async fn set_statement(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
         shape: &[u8],
@@ -229,7 +194,7 @@ impl Tables {
         }
         let prepared = match statement::set_statement(&table.meta, shape) {
             Some(set) => {
-                pipeline.settle_copies().await?;
+                settle.await?;
                 let prepared = prepare(client, entry, &table.meta, &set.sql, &set.types).await?;
                 Some((prepared, set.delimiters))
             }
@@ -243,30 +208,30 @@ impl Tables {
     pub async fn insert(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
     ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
-        self.prepared_once(client, pipeline, (entry, rel_id), |t| &mut t.insert, statement::insert_sql).await
+        self.prepared_once(client, settle, (entry, rel_id), |t| &mut t.insert, statement::insert_sql).await
     }
 
     /// The `COPY ... FROM STDIN` statement of a table, prepared on first use.
     pub async fn copy(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         entry: EntryId,
         rel_id: u32,
     ) -> Result<(Arc<TableMeta>, Statement), ApplyError> {
         let text = |meta: &TableMeta| (statement::copy_sql(meta), Vec::new());
-        self.prepared_once(client, pipeline, (entry, rel_id), |t| &mut t.copy, text).await
+        self.prepared_once(client, settle, (entry, rel_id), |t| &mut t.copy, text).await
     }
 
     /// The table's statement kept in `slot`, prepared from `text` on first use.
     async fn prepared_once(
         &mut self,
         client: &Client,
-        pipeline: &mut Pipeline,
+        settle: impl Future<Output = Result<(), ApplyError>>,
         (entry, rel_id): (EntryId, u32),
         slot: fn(&mut Table) -> &mut Option<Statement>,
         text: fn(&TableMeta) -> (String, Vec<Type>),
@@ -276,7 +241,7 @@ impl Tables {
             return Ok((table.meta.clone(), found));
         }
         let (sql, types) = text(&table.meta);
-        pipeline.settle_copies().await?;
+        settle.await?;
         let prepared = prepare(client, entry, &table.meta, &sql, &types).await?;
         *slot(table) = Some(prepared.clone());
         Ok((table.meta.clone(), prepared))
@@ -311,7 +276,7 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
     let lookup = follower_columns(client, namespace, relation.name).await;
     let (table, follower) =
         lookup.map_err(|source| ApplyError::Change { entry, what: format!("look up table {display}"), source })?;
-    let Some((partitioned, ordered)) = table else {
+    let Some(FollowerTable { partitioned, replica_triggers: ordered }) = table else {
         return Err(diverged("the table does not exist on the follower".into()));
     };
     let mut columns = Vec::with_capacity(relation.column_count());
@@ -339,7 +304,7 @@ async fn resolve(client: &Client, entry: EntryId, relation: &Relation<'_>) -> Re
     let key_position = |name: &String| columns.iter().position(|c| c.key && c.name == *name);
     let mut unique_keys = Vec::new();
     for row in &unique {
-        let names: Vec<String> = row.try_get(0).map_err(|source| ApplyError::Change {
+        let names: Vec<String> = row.try_get("key_columns").map_err(|source| ApplyError::Change {
             entry,
             what: format!("read the unique indexes of {display}"),
             source,
@@ -369,24 +334,36 @@ struct FollowerColumn {
 /// The follower's columns by name.
 type FollowerColumns = HashMap<String, FollowerColumn>;
 
-/// Whether the table is partitioned and has replica triggers (`None`: no such table), and its
-/// columns.
+/// What the follower's catalog says of the table itself.
+struct FollowerTable {
+    partitioned: bool,
+    /// The table or one of its partitions or children has triggers or rules that fire on a
+    /// replica.
+    replica_triggers: bool,
+}
+
+/// The follower's table (`None`: no such table) and its columns.
 async fn follower_columns(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<(Option<(bool, bool)>, FollowerColumns), tokio_postgres::Error> {
+) -> Result<(Option<FollowerTable>, FollowerColumns), tokio_postgres::Error> {
     let rows = client.query(COLUMNS_SQL, &[&namespace, &name]).await?;
-    let table = rows.first().map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(6)?)));
+    let table = rows.first().map(|row| -> Result<_, tokio_postgres::Error> {
+        Ok(FollowerTable {
+            partitioned: row.try_get("partitioned")?,
+            replica_triggers: row.try_get("replica_triggers")?,
+        })
+    });
     let table = table.transpose()?;
     let mut columns = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let name: Option<String> = row.try_get(1)?;
-        let has_eq: Option<bool> = row.try_get(2)?;
-        let type_oid: Option<u32> = row.try_get(3)?;
-        let array_oid: Option<u32> = row.try_get(4)?;
-        let delimiter: Option<String> = row.try_get(5)?;
-        let array_cast: Option<String> = row.try_get(7)?;
+        let name: Option<String> = row.try_get("column_name")?;
+        let has_eq: Option<bool> = row.try_get("has_eq")?;
+        let type_oid: Option<u32> = row.try_get("type_oid")?;
+        let array_oid: Option<u32> = row.try_get("array_oid")?;
+        let delimiter: Option<String> = row.try_get("delimiter")?;
+        let array_cast: Option<String> = row.try_get("array_cast")?;
         if let (Some(name), Some(type_oid)) = (name, type_oid) {
             let column = FollowerColumn {
                 has_eq: has_eq.unwrap_or(false),

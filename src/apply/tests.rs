@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::change::{key_from_detail, key_text, plan, PlanError, TextParam};
+use super::change::{key_from_detail, key_text, plan, PlanError};
+use super::meta::{ColumnMeta, TableMeta};
+use super::param::TextParam;
 use super::statement::{change_sql, copy_sql, insert_sql, param_types, set_statement, truncate_sql};
-use super::table::{ColumnMeta, TableMeta};
 use crate::pgoutput::{self, Message};
 use crate::sql::quote_ident;
 
