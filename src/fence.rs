@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::error::ErrorClass;
 use crate::sql::{quote_ident, quote_qualified};
 
 /// The name of both triggers.
@@ -48,6 +49,17 @@ pub enum FenceError {
     Postgres { action: &'static str, source: tokio_postgres::Error },
     #[error("writers kept holding table locks through {0} attempts to fence")]
     Busy(u32),
+}
+
+impl FenceError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            FenceError::Postgres { source, .. } => {
+                source.code().map_or(ErrorClass::Retry, |code| ErrorClass::of_sqlstate(code.code()))
+            }
+            FenceError::Busy(_) => ErrorClass::Retry,
+        }
+    }
 }
 
 fn pg(action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> FenceError {
@@ -93,7 +105,7 @@ const END_WRITERS: &str = "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate
 
 /// Makes the database refuse client writes (see the module documentation). `client` must be a
 /// superuser's session; it is left in its default settings.
-pub async fn fence(client: &mut Client) -> Result<(), FenceError> {
+pub async fn fence(client: &Client) -> Result<(), FenceError> {
     for attempt in 1..=ATTEMPTS {
         let ended = end_writers(client).await?;
         match fence_once(client).await {
@@ -116,9 +128,33 @@ async fn end_writers(client: &Client) -> Result<i64, FenceError> {
     row.try_get(0).map_err(pg("end writing sessions"))
 }
 
+/// Runs `body` in one read-write transaction on `client`, rolled back when it fails.
+async fn in_transaction<T>(
+    client: &Client,
+    action: &'static str,
+    body: impl std::future::Future<Output = Result<T, FenceError>>,
+) -> Result<T, FenceError> {
+    client.batch_execute("BEGIN READ WRITE").await.map_err(pg(action))?;
+    match body.await {
+        Ok(value) => {
+            client.batch_execute("COMMIT").await.map_err(pg(action))?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = client.batch_execute("ROLLBACK").await {
+                debug!(error = %rollback, "rollback after a failed fence step");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// One transaction that installs everything; returns how many tables got a trigger now.
-async fn fence_once(client: &mut Client) -> Result<usize, FenceError> {
-    let tx = client.build_transaction().read_only(false).start().await.map_err(pg("begin fencing"))?;
+async fn fence_once(client: &Client) -> Result<usize, FenceError> {
+    in_transaction(client, "fence", fence_steps(client)).await
+}
+
+async fn fence_steps(tx: &Client) -> Result<usize, FenceError> {
     let setup = format!(
         "SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = {}; {FUNCTIONS}",
         LOCK_TIMEOUT.as_millis()
@@ -152,13 +188,17 @@ async fn fence_once(client: &mut Client) -> Result<usize, FenceError> {
     tx.batch_execute(&format!("ALTER DATABASE {database} SET default_transaction_read_only = on"))
         .await
         .map_err(pg("make the database read-only by default"))?;
-    tx.commit().await.map_err(pg("commit the fence"))?;
     Ok(tables.len())
 }
 
 /// Lets clients write again: drops every fence trigger and the event trigger.
-pub async fn unfence(client: &mut Client) -> Result<(), FenceError> {
-    let tx = client.build_transaction().read_only(false).start().await.map_err(pg("begin unfencing"))?;
+pub async fn unfence(client: &Client) -> Result<(), FenceError> {
+    let tables = in_transaction(client, "unfence", unfence_steps(client)).await?;
+    info!(tables, "database unfenced: clients can write");
+    Ok(())
+}
+
+async fn unfence_steps(tx: &Client) -> Result<usize, FenceError> {
     tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(pg("begin unfencing"))?;
     tx.batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {}", quote_ident(TRIGGER)))
         .await
@@ -182,9 +222,7 @@ pub async fn unfence(client: &mut Client) -> Result<(), FenceError> {
     tx.batch_execute(&format!("ALTER DATABASE {database} RESET default_transaction_read_only"))
         .await
         .map_err(pg("reset default_transaction_read_only"))?;
-    tx.commit().await.map_err(pg("commit the unfencing"))?;
-    info!(tables = fenced.len(), "database unfenced: clients can write");
-    Ok(())
+    Ok(fenced.len())
 }
 
 /// Whether the database is fenced (its event trigger exists).
@@ -196,7 +234,7 @@ pub async fn is_fenced(client: &Client) -> Result<bool, FenceError> {
     Ok(row.is_some())
 }
 
-async fn current_database(tx: &tokio_postgres::Transaction<'_>) -> Result<String, FenceError> {
+async fn current_database(tx: &Client) -> Result<String, FenceError> {
     let row = tx
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await

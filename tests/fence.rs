@@ -45,11 +45,11 @@ async fn refused(client: &Client, sql: &str) -> Option<SqlState> {
 async fn a_fenced_database_refuses_every_client_write_and_unfencing_restores_them() {
     let pg = Instance::start(Options::default()).unwrap();
     pg.psql("postgres", SCHEMA).unwrap();
-    let mut admin = superuser(&pg).await;
+    let admin = superuser(&pg).await;
     let app = connect(&pg, "app").await;
     assert_eq!(refused(&app, "INSERT INTO shop.orders VALUES (1, 'before')").await, None);
 
-    fence::fence(&mut admin).await.unwrap();
+    fence::fence(&admin).await.unwrap();
     assert!(fence::is_fenced(&admin).await.unwrap());
     let app = connect(&pg, "app").await; // a new session, under the database's new default
     let ro = Some(SqlState::READ_ONLY_SQL_TRANSACTION);
@@ -92,11 +92,11 @@ async fn a_fenced_database_refuses_every_client_write_and_unfencing_restores_the
         )
         .await
         .unwrap();
-    fence::fence(&mut admin).await.unwrap();
+    fence::fence(&admin).await.unwrap();
     let triggers = pg.psql("postgres", &format!("SELECT count(*) FROM pg_trigger WHERE tgname = '{TRIGGER}'")).unwrap();
     assert_eq!(triggers, "5", "orders, events, events_low, Odd\"name, replayed: each once");
 
-    fence::unfence(&mut admin).await.unwrap();
+    fence::unfence(&admin).await.unwrap();
     assert!(!fence::is_fenced(&admin).await.unwrap());
     let app = connect(&pg, "app").await;
     for sql in [
@@ -115,13 +115,13 @@ async fn a_fenced_database_refuses_every_client_write_and_unfencing_restores_the
 async fn fencing_ends_a_write_transaction_in_flight_so_it_cannot_commit_after() {
     let pg = Instance::start(Options::default()).unwrap();
     pg.psql("postgres", SCHEMA).unwrap();
-    let mut admin = superuser(&pg).await;
+    let admin = superuser(&pg).await;
     let writer = connect(&pg, "app").await;
     let reader = connect(&pg, "app").await;
     writer.batch_execute("BEGIN; INSERT INTO shop.orders VALUES (1, 'in flight')").await.unwrap();
     reader.batch_execute("BEGIN; SELECT count(*) FROM shop.orders").await.unwrap();
 
-    tokio::time::timeout(Duration::from_secs(30), fence::fence(&mut admin)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), fence::fence(&admin)).await.unwrap().unwrap();
 
     assert!(writer.batch_execute("COMMIT").await.is_err(), "the writer's session was ended");
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM shop.orders").unwrap(), "0");

@@ -103,6 +103,14 @@ fn followers_replicate_through_crashes_and_stay_read_only() {
     let refused = follower_pg.psql("postgres", "INSERT INTO accounts VALUES (100000, 0, 'client write')");
     let message = format!("{refused:?}");
     assert!(refused.is_err() && message.contains("read-only"), "a client write on a follower: {message}");
+    // Going around default_transaction_read_only does not help: the fence refuses it too.
+    let sql = "BEGIN READ WRITE; INSERT INTO accounts VALUES (100001, 0, 'client write'); COMMIT;";
+    let refused = follower_pg.psql("postgres", sql);
+    let message = format!("{refused:?}");
+    assert!(
+        refused.is_err() && message.contains("this node does not lead"),
+        "BEGIN READ WRITE on a follower: {message}"
+    );
 
     for sidecar in [&mut b, &mut c, &mut leader] {
         sidecar.stop();
@@ -310,9 +318,12 @@ fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
     wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));
     b.stop();
 
-    // Someone deletes a row on the follower; the leader then updates every row, one
-    // transaction each: a long run of updates that replay sends set-based.
-    follower_pg.psql("postgres", "BEGIN READ WRITE; DELETE FROM accounts WHERE id = 42; COMMIT;").unwrap();
+    // A superuser deletes a row on the follower, going around its fence; the leader then
+    // updates every row, one transaction each: a long run of updates that replay sends
+    // set-based.
+    let sql =
+        "BEGIN READ WRITE; SET LOCAL session_replication_role = replica; DELETE FROM accounts WHERE id = 42; COMMIT;";
+    follower_pg.psql("postgres", sql).unwrap();
     leader_pg
         .psql(
             "postgres",

@@ -83,6 +83,10 @@ pub enum ApplyError {
     /// The entry's bytes do not decode, or break the entry format's rules.
     #[error("apply: malformed entry {entry}: {reason}")]
     Malformed { entry: EntryId, reason: String },
+
+    /// The database could not be fenced against client writes (or the fence lifted).
+    #[error("apply: {0}")]
+    Fence(crate::fence::FenceError),
 }
 
 impl ApplyError {
@@ -95,6 +99,7 @@ impl ApplyError {
                 ErrorClass::Operator
             }
             ApplyError::Batched { .. } => ErrorClass::Retry,
+            ApplyError::Fence(e) => e.class(),
             // The caller's bugs or a broken log: continuing could skip or repeat an entry.
             ApplyError::AlreadyApplied { .. }
             | ApplyError::OutOfOrder { .. }

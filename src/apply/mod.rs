@@ -23,7 +23,7 @@
 //!
 //! Like PostgreSQL's own apply worker: `session_replication_role = replica` (user triggers
 //! and foreign-key checks do not fire again), an empty `search_path`, writable even when the
-//! database defaults to read-only (see [`Applier::set_read_only`]). Setting
+//! database is fenced against clients (see [`Applier::set_read_only`]). Setting
 //! `session_replication_role` takes a superuser (or, from PostgreSQL 15, `GRANT SET ON
 //! PARAMETER session_replication_role`). Tables are mapped by name, values travel as text
 //! (see `table`, `statement`). Consecutive changes of one kind to one table form runs
@@ -235,26 +235,16 @@ impl Applier {
         }
     }
 
-    /// Makes the database refuse client writes (`ALTER DATABASE ... SET
-    /// default_transaction_read_only = on`; the apply session itself stays writable), or
-    /// undoes that. Takes effect for sessions that start afterwards.
+    /// Fences the database against client writes ([`crate::fence`]: triggers only a
+    /// superuser can remove; the apply session, in replica mode, still writes), or lifts the
+    /// fence. Covers the tables that exist now: call it again after replaying DDL.
     pub async fn set_read_only(&mut self, on: bool) -> Result<(), ApplyError> {
         if !self.txn.is_idle() {
             return Err(ApplyError::TransactionOpen("set_read_only"));
         }
-        let row = self
-            .client
-            .query_one("SELECT pg_catalog.current_database()::text", &[])
-            .await
-            .map_err(pg("find the current database"))?;
-        let database: String = row.try_get(0).map_err(pg("find the current database"))?;
-        let database = crate::sql::quote_ident(&database);
-        let sql = if on {
-            format!("ALTER DATABASE {database} SET default_transaction_read_only = on")
-        } else {
-            format!("ALTER DATABASE {database} RESET default_transaction_read_only")
-        };
-        self.client.batch_execute(&sql).await.map_err(pg("set the database read-only"))
+        let fenced =
+            if on { crate::fence::fence(&self.client).await } else { crate::fence::unfence(&self.client).await };
+        fenced.map_err(ApplyError::Fence)
     }
 
     fn publish_rows_sent(&mut self) {
