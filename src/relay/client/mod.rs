@@ -24,6 +24,9 @@ mod probe;
 mod seeding;
 mod streaming;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};

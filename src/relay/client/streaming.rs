@@ -16,6 +16,10 @@ use crate::source::builder::Output;
 use super::connect::Connection;
 use super::{FollowError, LinkChannels};
 
+#[cfg(test)]
+#[path = "streaming_tests.rs"]
+mod tests;
+
 /// Records gathered from the socket before they go to the writer.
 pub const RECEIVE_BATCH_BYTES: usize = 4 << 20;
 
