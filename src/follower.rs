@@ -93,22 +93,11 @@ pub async fn run(
         let stop = cancel.child_token();
         let replay =
             spawn_replay(config.postgres.clone(), log, applied_tx, stop.clone()).map_err(FollowerError::Thread)?;
-        let link = FollowerLink {
-            cluster: config.cluster.clone(),
-            node: config.node.clone(),
-            term: state.term(),
-            token,
-            peers: config.peers.clone(),
-            writer: tx,
-            durable: durable_rx,
-            applied: applied_rx,
-            leader,
-            seed,
-            floor: database.applied,
-            postgres: config.postgres.clone(),
-            seeding,
-        };
-        let followed = client::follow(link, stop.clone()).await;
+        let channels = client::LinkChannels { writer: tx, durable: durable_rx, applied: applied_rx, leader, seeding };
+        let mut link = FollowerLink::new(client::LinkConfig::new(&config, token), channels);
+        let resume = if seed { client::Resume::Seed } else { client::Resume::After { floor: database.applied } };
+        let followed = link.follow(client::Target { term: state.term() }, resume, stop.clone()).await;
+        drop(link); // closes the writer's queue, so that the writer ends
         stop.cancel();
         let replayed = tokio::task::spawn_blocking(move || replay.join())
             .await
