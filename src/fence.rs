@@ -184,7 +184,7 @@ async fn fence_steps(tx: &Client) -> Result<usize, FenceError> {
         );
         tx.batch_execute(&sql).await.map_err(pg("create a fence trigger"))?;
     }
-    let database = current_database(&tx).await?;
+    let database = current_database(tx).await?;
     tx.batch_execute(&format!("ALTER DATABASE {database} SET default_transaction_read_only = on"))
         .await
         .map_err(pg("make the database read-only by default"))?;
@@ -218,7 +218,7 @@ async fn unfence_steps(tx: &Client) -> Result<usize, FenceError> {
         let sql = format!("DROP TRIGGER IF EXISTS {} ON {}", quote_ident(TRIGGER), quote_qualified(&schema, &name));
         tx.batch_execute(&sql).await.map_err(pg("drop a fence trigger"))?;
     }
-    let database = current_database(&tx).await?;
+    let database = current_database(tx).await?;
     tx.batch_execute(&format!("ALTER DATABASE {database} RESET default_transaction_read_only"))
         .await
         .map_err(pg("reset default_transaction_read_only"))?;
