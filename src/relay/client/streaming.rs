@@ -5,13 +5,13 @@
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::log::committer::Output;
 use crate::log::committer::WriteCmd;
 use crate::log::entry::EntryHeader;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::node::LeaderView;
 use crate::relay::{Ack, FrameReader, Message};
-use crate::source::builder::Output;
 
 use super::connect::Connection;
 use super::{FollowError, LinkChannels};

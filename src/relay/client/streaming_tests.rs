@@ -4,13 +4,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::{Batch, Received};
+use crate::log::committer::Output;
 use crate::log::entry::{EntryHeader, EntryKind, HEADER_BYTES};
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::node::LeaderView;
 use crate::relay::client::FollowError;
 use crate::relay::{encode_frame, FrameReader, LeaderStatus, Message};
-use crate::source::builder::Output;
 
 fn id(index: u64) -> EntryId {
     EntryId { term: Term(2), index: Index(index) }
