@@ -12,6 +12,7 @@ pub mod error;
 pub mod follower;
 pub mod fsutil;
 pub mod inspect;
+pub mod localcluster;
 pub mod localpg;
 pub mod log;
 pub mod lsn;
