@@ -128,3 +128,16 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), LocalClusterErro
     }
     fs::write(path, text).map_err(|source| LocalClusterError::Io { action: "write", path: path.into(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_32_hex_digits_and_differ() {
+        let (first, second) = (new_token(), new_token());
+        assert_eq!(first.len(), 32);
+        assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        assert_ne!(first, second);
+    }
+}
