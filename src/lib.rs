@@ -13,6 +13,7 @@ pub mod fence;
 pub mod follower;
 pub mod fsutil;
 pub mod inspect;
+pub mod localcluster;
 pub mod localpg;
 pub mod log;
 pub mod lsn;

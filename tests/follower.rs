@@ -126,10 +126,11 @@ fn a_follower_with_the_wrong_token_gets_nothing() {
     leader_pg.psql("postgres", "INSERT INTO accounts VALUES (1, 10, 'secret')").unwrap();
     let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], "");
     b.set_token("not the shared token");
+    let refusal = "could not prove it knows the shared token";
+    b.expect_errors(&[refusal]);
+    leader.expect_errors(&[refusal]);
     b.start();
-    wait_until(Duration::from_secs(20), "the refusal in the leader's log", || {
-        leader.log_text().contains("could not prove it knows the shared token")
-    });
+    wait_until(Duration::from_secs(20), "the refusal in the leader's log", || leader.log_text().contains(refusal));
     assert!(b.log_text().contains("token"), "the follower should say why: {}", b.log_text());
     let rows = follower_pg.psql("postgres", "SELECT count(*) FROM accounts").unwrap();
     assert_eq!(rows.trim(), "0");
@@ -185,6 +186,9 @@ fn a_follower_whose_entries_the_leader_dropped_is_told_to_reseed() {
     });
     assert!(leader.log_text().contains("over its size cap"), "{}", leader.log_tail());
 
+    let refusal = "needs entries from index";
+    b.expect_errors(&[refusal]);
+    leader.expect_errors(&[refusal]);
     b.start();
     wait_until(Duration::from_secs(30), "the follower to be told to re-seed", || b.log_text().contains("re-seed"));
     let events = follower_pg.psql("postgres", "SELECT count(*) FROM events").unwrap();
@@ -330,10 +334,11 @@ fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
             "DO $$ BEGIN FOR i IN 1..100 LOOP UPDATE accounts SET balance = i WHERE id = i; COMMIT; END LOOP; END $$",
         )
         .unwrap();
+    let divergence = "diverges on table public.accounts (key id=42)";
+    b.expect_errors(&[divergence]);
+    leader.expect_errors(&[divergence]);
     b.start();
-    wait_until(Duration::from_secs(30), "replay to stop at the row", || {
-        b.log_text().contains("diverges on table public.accounts (key id=42)")
-    });
+    wait_until(Duration::from_secs(30), "replay to stop at the row", || b.log_text().contains(divergence));
     let log = b.log_text();
     assert!(log.contains("replaying its entries in strict order"), "{}", b.log_tail());
     let (_, metrics) = support::http_get(b.admin_port, "/metrics").unwrap();

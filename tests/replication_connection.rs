@@ -1,8 +1,9 @@
 //! The replication connection against real PostgreSQL: authentication methods, transports,
+//! slot creation, streaming and keepalives.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failed step is a failed test
-//! slot creation and streaming.
 
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use walship::localpg::{Auth, Instance, Options};
 use walship::lsn::Lsn;
@@ -55,7 +56,20 @@ async fn unix_socket_and_trust_work() {
     let pg = Instance::start(Options::default()).unwrap();
     let conninfo = format!("host={} port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port());
     let mut conn = ReplConnection::connect(&config(&conninfo), "walship_test").await.unwrap();
-    conn.identify_system().await.unwrap();
+    let system = conn.identify_system().await.unwrap();
+    let expected_id = pg.psql("postgres", "SELECT system_identifier FROM pg_control_system()").unwrap();
+    assert_eq!(system.system_id, expected_id.trim());
+    assert_eq!(system.timeline, 1);
+    assert!(system.wal_flush > Lsn::ZERO);
+    // The server sees a walsender on the socket (no client address), which asked for no password.
+    let seen = pg
+        .psql(
+            "postgres",
+            "SELECT backend_type || ' ' || (client_addr IS NULL) FROM pg_stat_activity \
+             WHERE application_name = 'walship_test'",
+        )
+        .unwrap();
+    assert_eq!(seen.trim(), "walsender true");
 }
 
 #[tokio::test]
@@ -70,7 +84,7 @@ async fn unreachable_server_is_a_connect_error() {
 }
 
 #[tokio::test]
-async fn a_slot_streams_committed_changes_and_keepalives_are_answered() {
+async fn a_slot_streams_committed_changes_and_confirms_what_is_flushed() {
     let pg = Instance::start(Options::default()).unwrap();
     pg.psql("postgres", "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR ALL TABLES").unwrap();
     let c = config(&pg.conninfo("postgres"));
@@ -109,4 +123,61 @@ async fn a_slot_streams_committed_changes_and_keepalives_are_answered() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     stream.close();
+}
+
+/// The walsender asks for a reply (`k` with the reply flag) once half its `wal_sender_timeout`
+/// passes without one, and ends the connection when a whole timeout passes.
+const WAL_SENDER_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn keepalives_that_ask_for_a_reply_are_answered_and_keep_the_stream_open() {
+    let timeout = format!("{}ms", WAL_SENDER_TIMEOUT.as_millis());
+    let settings = vec![("wal_sender_timeout".to_owned(), timeout)];
+    let pg = Instance::start(Options { settings, ..Options::default() }).unwrap();
+    pg.psql("postgres", "CREATE PUBLICATION p FOR ALL TABLES").unwrap();
+    let mut conn = ReplConnection::connect(&config(&pg.conninfo("postgres")), "walship_test").await.unwrap();
+    let slot = conn.create_slot("test_slot", false).await.unwrap();
+    let start = slot.consistent_point;
+    let mut stream = conn.start_replication("test_slot", start, "p").await.unwrap();
+
+    // Answered for three timeouts: the server keeps asking, and keeps the stream open.
+    let mut asked = Vec::new();
+    let answering_until = Instant::now() + 3 * WAL_SENDER_TIMEOUT;
+    while Instant::now() < answering_until {
+        match stream.try_next_copy().unwrap() {
+            Some(CopyMessage::Keepalive { wal_end, reply_requested: true }) => {
+                assert!(wal_end >= start, "keepalive at {wal_end}, before the slot's start {start}");
+                asked.push(wal_end);
+                stream.send_status(start, start, start, false).unwrap();
+            }
+            Some(_) => {}
+            None => {
+                stream.fill(Duration::from_millis(50)).unwrap();
+            }
+        }
+    }
+    assert!(asked.len() >= 2, "keepalives asking for a reply in {:?}: {asked:?}", 3 * WAL_SENDER_TIMEOUT);
+    let replied = pg
+        .psql(
+            "postgres",
+            "SELECT reply_time IS NOT NULL FROM pg_stat_replication WHERE application_name = 'walship_test'",
+        )
+        .unwrap();
+    assert_eq!(replied.trim(), "t", "the walsender saw no reply");
+
+    // Unanswered, the same keepalives end the stream within about one timeout.
+    let deadline = Instant::now() + 5 * WAL_SENDER_TIMEOUT;
+    let ended = loop {
+        assert!(Instant::now() < deadline, "the stream outlived {:?} of unanswered keepalives", 5 * WAL_SENDER_TIMEOUT);
+        match stream.try_next_copy() {
+            Err(e) => break e,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(e) = stream.fill(Duration::from_millis(50)) {
+                    break e;
+                }
+            }
+        }
+    };
+    assert!(matches!(ended, ReplError::Closed | ReplError::Server { .. }), "the stream ended with {ended}");
 }

@@ -1,16 +1,18 @@
 //! The catch-up bench's cluster: a leader PostgreSQL with its walship sidecar, one follower
 //! instance replayed by a walship follower sidecar, and one follower instance fed by a native
-//! subscription. Everything blocks; SQL goes through tokio-postgres on one current-thread
-//! runtime, so polling costs no process start.
+//! subscription, on the library's local-cluster harness (`walship::localcluster`). Everything
+//! blocks; SQL goes through tokio-postgres on one current-thread runtime, so polling costs no
+//! process start.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio_postgres::SimpleQueryMessage;
-use walship::localpg::{Instance, Options, TMPDIR_ENV};
+use walship::config::Role;
+use walship::localcluster::{self, Launch, Peer, SidecarConfig, SidecarFiles};
+use walship::localpg::{Instance, Options};
 
 /// The native publication, subscription and slot.
 pub const NATIVE: &str = "native";
@@ -78,60 +80,29 @@ impl Conn {
     }
 }
 
-/// A `walship run` process.
-pub struct Sidecar {
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
+/// A `walship run` process; a failed step panics.
+pub struct Sidecar(localcluster::Sidecar);
 
 impl Sidecar {
     /// Starts the process unless it runs.
     pub fn start(&mut self) {
-        if self.child.is_some() {
-            return;
-        }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("sidecar log");
-        let child = Command::new(env!("CARGO_BIN_EXE_walship"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start walship");
-        self.child = Some(child);
+        self.0.start().expect("start walship");
     }
 
     /// SIGTERM, and wait for the exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg(child.id().to_string()).status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while child.try_wait().expect("wait for walship").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("walship did not stop on SIGTERM; see {}", self.log.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = self.0.stop(STOP_TIMEOUT) {
+            panic!("{e}; see {}", self.0.log_path.display());
         }
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.0.pid()
     }
 
     /// CPU seconds the running process has used so far (0 when stopped).
     pub fn cpu_seconds(&self) -> f64 {
-        self.child.as_ref().map_or(0.0, |c| cpu_seconds(c.id()))
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.pid().map_or(0.0, cpu_seconds)
     }
 }
 
@@ -156,26 +127,24 @@ impl Cluster {
     /// Starts everything; on return the leader sidecar runs, the walship follower has applied
     /// the log's first entries and is stopped, and the native subscription exists, disabled.
     pub fn start(rt: &Rc<Runtime>, pgbench_scale: u32, native_synchronous_commit: &str) -> Cluster {
-        let [leader, walship_pg, native_pg] = [(); 3].map(|()| start_instance(pgbench_scale));
+        let [leader, walship_pg, native_pg] = start_instances(pgbench_scale);
         let tables = PGBENCH_TABLES.join(", ");
         leader
             .psql("postgres", &format!("CREATE PUBLICATION {NATIVE} FOR TABLE bench, bench_marker, {tables}"))
             .expect("pub");
 
-        let dir = tempfile::Builder::new()
-            .prefix("walship-catchup-")
-            .disable_cleanup(std::env::var_os("WALSHIP_BENCH_KEEP").is_some())
-            .tempdir_in(temp_root())
-            .expect("bench folder");
+        let keep = std::env::var_os("WALSHIP_BENCH_KEEP").is_some();
+        let dir = localcluster::create_folder("walship-catchup-", keep).expect("bench folder");
         let token = dir.path().join("token");
-        std::fs::write(&token, TOKEN).expect("token");
-        let (relay, admin) = (free_port(), free_port());
-        let follower_ports = (free_port(), free_port());
+        localcluster::write_token(&token, TOKEN).expect("token");
+        let port = || localcluster::free_port().expect("port");
+        let leader_peer = Peer { node: LEADER_NODE.into(), relay_port: port(), admin_port: port() };
+        let follower_peer = Peer { node: "b".into(), relay_port: port(), admin_port: port() };
+        let admin = leader_peer.admin_port;
         // Each names the other in [[peers]]: the leader then reports the follower's lag.
-        let mut leader_sidecar =
-            sidecar(dir.path(), LEADER_NODE, "leader", &leader, &token, (relay, admin), ("b", follower_ports));
+        let mut leader_sidecar = sidecar(dir.path(), Role::Leader, &leader, &token, &leader_peer, &follower_peer);
         let mut follower_sidecar =
-            sidecar(dir.path(), "b", "follower", &walship_pg, &token, follower_ports, (LEADER_NODE, (relay, admin)));
+            sidecar(dir.path(), Role::Follower, &walship_pg, &token, &follower_peer, &leader_peer);
         leader_sidecar.start();
         let slot = format!(
             "SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = '{LEADER_SLOT}'"
@@ -238,56 +207,46 @@ impl Cluster {
     }
 }
 
-/// An instance with the bench's settings, `SCHEMA` and the pgbench tables.
-fn start_instance(pgbench_scale: u32) -> Instance {
-    let settings = SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let pg = Instance::start(Options { settings, ..Options::default() }).expect("start PostgreSQL");
-    pg.psql("postgres", SCHEMA).expect("schema");
-    let init = pg.command("pgbench").args(["-i", "-q", "-s", &pgbench_scale.to_string()]).output();
-    assert!(init.expect("run pgbench -i").status.success(), "pgbench -i failed");
-    pg
+/// Three instances with the bench's settings, `SCHEMA` and the pgbench tables.
+fn start_instances(pgbench_scale: u32) -> [Instance; 3] {
+    let settings: Vec<(String, String)> = SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let specs = (0..3).map(|_| (None, Options { settings: settings.clone(), ..Options::default() })).collect();
+    let mut started = localcluster::start_instances(specs).into_iter().map(|pg| pg.expect("start PostgreSQL"));
+    [(); 3].map(|()| {
+        let pg = started.next().expect("three instances");
+        pg.psql("postgres", SCHEMA).expect("schema");
+        let init = pg.command("pgbench").args(["-i", "-q", "-s", &pgbench_scale.to_string()]).output();
+        assert!(init.expect("run pgbench -i").status.success(), "pgbench -i failed");
+        pg
+    })
 }
 
-fn sidecar(
-    dir: &Path,
-    node: &str,
-    role: &str,
-    pg: &Instance,
-    token: &Path,
-    (relay, admin): (u16, u16),
-    (peer, (peer_relay, peer_admin)): (&str, (u16, u16)),
-) -> Sidecar {
-    let dir = dir.join(node);
-    std::fs::create_dir_all(&dir).expect("sidecar folder");
+/// A sidecar for `pg` in `<dir>/<node>/` (logs included: under `WALSHIP_PG_TMPDIR` like the
+/// instances, so that both systems fsync to the same file system), naming `peer`.
+fn sidecar(dir: &Path, role: Role, pg: &Instance, token: &Path, this: &Peer, peer: &Peer) -> Sidecar {
     // A follower sidecar replays into the PostgreSQL beside it through its Unix socket, as
     // deployed (README); the leader sidecar reads over TCP like the native subscription.
     let postgres = match role {
-        "follower" => format!("host={} port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port()),
-        _ => pg.conninfo("postgres"),
+        Role::Follower => {
+            format!("host={} port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port())
+        }
+        Role::Leader => pg.conninfo("postgres"),
     };
-    let mut text = format!(
-        "node = \"{node}\"\ncluster = \"bench\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"{role}\"\n\
-         listen = \"127.0.0.1:{relay}\"\nadmin = \"127.0.0.1:{admin}\"\ntoken_file = \"{}\"\n",
-        dir.join("data").display(),
+    let config = SidecarConfig {
+        node: this.node.clone(),
+        cluster: "bench".into(),
+        role,
+        data_dir: Default::default(),
         postgres,
-        token.display(),
-    );
-    text.push_str(&format!(
-        "\n[[peers]]\nnode = \"{peer}\"\nrelay = \"127.0.0.1:{peer_relay}\"\nadmin = \"127.0.0.1:{peer_admin}\"\n"
-    ));
-    let config = dir.join("walship.toml");
-    std::fs::write(&config, text).expect("write config");
-    Sidecar { config, log: dir.join("sidecar.log"), child: None }
-}
-
-/// Where the instances live (`WALSHIP_PG_TMPDIR`, else the system temp folder): the sidecars'
-/// logs go there too, so that both systems fsync to the same file system.
-fn temp_root() -> PathBuf {
-    std::env::var_os(TMPDIR_ENV).filter(|d| !d.is_empty()).map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
+        relay_port: this.relay_port,
+        admin_port: this.admin_port,
+        token_file: token.into(),
+        peers: vec![peer.clone()],
+        extra: String::new(),
+    };
+    let launch = Launch::new(env!("CARGO_BIN_EXE_walship"));
+    let sidecar = localcluster::Sidecar::create(&dir.join(&this.node), SidecarFiles::default(), config, &launch);
+    Sidecar(sidecar.expect("write the sidecar's configuration"))
 }
 
 /// Runs `start` and polls `follower` every 100 ms; the clock stops at the first poll that sees

@@ -1,24 +1,23 @@
-//! The demo's three nodes: their folder, PostgreSQL instances, configurations and sidecars.
+//! The demo's three nodes: their folder, PostgreSQL instances, configurations and sidecars,
+//! on the local-cluster harness (`crate::localcluster`).
 
 use std::fs;
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::sidecar::{self, Sidecar};
-use super::{load, say, DemoError};
-use crate::localpg::{Instance, Options, StopMode, TMPDIR_ENV};
+use super::{load, say, sidecar, DemoError};
+use crate::config::Role;
+use crate::localcluster::{self, leader_slot, Peer, Sidecar, SidecarConfig, SidecarFiles};
+use crate::localpg::{Instance, Options, StopMode};
 
 /// The first node leads; the others follow it.
 const NODES: [&str; 3] = ["a", "b", "c"];
 const CLUSTER: &str = "demo";
-/// The leader's slot, as the sidecar names it by default (`walship_<node>`).
-const LEADER_SLOT: &str = "walship_a";
+/// Where a node's sidecar files go (see the layout in `demo`).
+const FILES: SidecarFiles = SidecarFiles { data_dir: "walship-data", log: "walship.log", config: "walship.toml" };
 /// The leader creates its slot and publication within seconds; beyond this something is wrong.
 const LEADER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -26,19 +25,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Creates the demo folder, open to the `postgres` user (which runs the servers when we are
 /// root): tempfile makes it 0700.
 pub(super) fn create_folder() -> Result<PathBuf, DemoError> {
-    let root =
-        std::env::var_os(TMPDIR_ENV).filter(|dir| !dir.is_empty()).map_or_else(std::env::temp_dir, PathBuf::from);
-    let io_err = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DemoError::Io { action, path, source }
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("walship-demo-")
-        .tempdir_in(&root)
-        .map_err(io_err("create a folder in", &root))?
-        .keep();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err("open up", &dir))?;
-    Ok(dir)
+    Ok(localcluster::create_folder("walship-demo-", false)?.keep())
 }
 
 /// Removes the folder, or says what it holds when it is kept.
@@ -59,9 +46,8 @@ pub(super) fn finish_folder(dir: &Path, keep: bool) {
 pub(super) struct Node {
     name: &'static str,
     dir: PathBuf,
-    relay_port: u16,
-    admin_port: u16,
     pg: Option<Instance>,
+    /// Its configuration once written; its process once started.
     sidecar: Option<Sidecar>,
 }
 
@@ -70,12 +56,8 @@ impl Node {
         self.name == NODES[0]
     }
 
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("walship.toml")
-    }
-
     fn log_path(&self) -> PathBuf {
-        self.dir.join("walship.log")
+        self.dir.join(FILES.log)
     }
 
     /// The conninfo of its database ("postgres"); empty before PostgreSQL started.
@@ -91,9 +73,7 @@ pub(super) struct Cluster {
 
 impl Cluster {
     pub(super) fn new(dir: PathBuf) -> Cluster {
-        let nodes = NODES
-            .map(|name| Node { name, dir: dir.join(name), relay_port: 0, admin_port: 0, pg: None, sidecar: None })
-            .into();
+        let nodes = NODES.map(|name| Node { name, dir: dir.join(name), pg: None, sidecar: None }).into();
         Cluster { dir, nodes }
     }
 
@@ -111,20 +91,15 @@ impl Cluster {
     /// Starts the three instances side by side (each is about a second).
     pub(super) async fn start_postgres(&mut self) -> Result<(), DemoError> {
         say("starting PostgreSQL a, b and c");
-        let starts: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|node| {
-                let dir = node.dir.join("pg");
-                tokio::task::spawn_blocking(move || Instance::start_in(&dir, Options::default()))
-            })
-            .collect();
+        let specs = self.nodes.iter().map(|node| (Some(node.dir.join("pg")), Options::default())).collect();
+        let starts = tokio::task::spawn_blocking(move || localcluster::start_instances(specs))
+            .await
+            .map_err(|e| DemoError::Task(e.to_string()))?;
         let mut first_error = None;
         for (node, start) in self.nodes.iter_mut().zip(starts) {
-            match start.await {
-                Ok(Ok(pg)) => node.pg = Some(pg),
-                Ok(Err(source)) => first_error = first_error.or(Some(DemoError::Postgres { node: node.name, source })),
-                Err(e) => first_error = first_error.or(Some(DemoError::Task(e.to_string()))),
+            match start {
+                Ok(pg) => node.pg = Some(pg),
+                Err(source) => first_error = first_error.or(Some(DemoError::Postgres { node: node.name, source })),
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -139,23 +114,34 @@ impl Cluster {
         Ok(())
     }
 
-    /// Picks the sidecars' ports, writes the shared token and one configuration per node.
+    /// Picks the sidecars' ports, writes the shared token and one configuration per node;
+    /// followers list the leader as their peer.
     pub(super) fn write_configs(&mut self) -> Result<(), DemoError> {
-        for node in &mut self.nodes {
-            node.relay_port = free_port()?;
-            node.admin_port = free_port()?;
-        }
-        let token_path = self.dir.join("token");
-        write_file(&token_path, &format!("{}\n", new_token()))?;
-        fs::set_permissions(&token_path, fs::Permissions::from_mode(0o600)).map_err(|source| DemoError::Io {
-            action: "restrict",
-            path: token_path.clone(),
-            source,
-        })?;
-        let leader = self.nodes.iter().find(|node| node.is_leader());
+        let token_file = self.dir.join("token");
+        localcluster::write_token(&token_file, &localcluster::new_token())?;
+        let mut ports = Vec::new();
         for node in &self.nodes {
-            let peer = leader.filter(|_| !node.is_leader());
-            write_file(&node.config_path(), &config_text(node, peer, &token_path))?;
+            ports.push(Peer {
+                node: node.name.to_owned(),
+                relay_port: localcluster::free_port()?,
+                admin_port: localcluster::free_port()?,
+            });
+        }
+        let leader = self.nodes.iter().zip(&ports).find(|(node, _)| node.is_leader()).map(|(_, peer)| peer.clone());
+        for (node, this) in self.nodes.iter_mut().zip(ports) {
+            let config = SidecarConfig {
+                node: node.name.to_owned(),
+                cluster: CLUSTER.to_owned(),
+                role: if node.is_leader() { Role::Leader } else { Role::Follower },
+                data_dir: PathBuf::new(),
+                postgres: node.conninfo(),
+                relay_port: this.relay_port,
+                admin_port: this.admin_port,
+                token_file: token_file.clone(),
+                peers: leader.clone().filter(|_| !node.is_leader()).into_iter().collect(),
+                extra: String::new(),
+            };
+            node.sidecar = Some(Sidecar::create(&node.dir, FILES, config, &sidecar::launch(node.name)?)?);
         }
         Ok(())
     }
@@ -166,12 +152,12 @@ impl Cluster {
         let Some(leader) = self.nodes.iter_mut().find(|node| node.is_leader()) else {
             return Err(DemoError::Task("no leader node".to_owned()));
         };
-        leader.sidecar = Some(Sidecar::spawn(leader.name, &leader.config_path(), &leader.log_path())?);
-        let conninfo = leader.conninfo();
+        start_sidecar(leader)?;
+        let (conninfo, slot) = (leader.conninfo(), leader_slot(leader.name));
         let deadline = Instant::now() + LEADER_START_TIMEOUT;
         while !shutdown.is_cancelled() {
             self.check_sidecars()?;
-            if slot_ready(&conninfo).await {
+            if slot_ready(&conninfo, &slot).await {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -189,7 +175,7 @@ impl Cluster {
     pub(super) fn start_followers(&mut self) -> Result<(), DemoError> {
         say("starting the follower sidecars b and c");
         for node in self.nodes.iter_mut().filter(|node| !node.is_leader()) {
-            node.sidecar = Some(Sidecar::spawn(node.name, &node.config_path(), &node.log_path())?);
+            start_sidecar(node)?;
         }
         Ok(())
     }
@@ -211,9 +197,8 @@ impl Cluster {
     /// is reported once).
     pub(super) fn check_sidecars(&mut self) -> Result<(), DemoError> {
         for node in &mut self.nodes {
-            if let Some(Err(e)) = node.sidecar.as_mut().map(Sidecar::check) {
-                node.sidecar = None;
-                return Err(e);
+            if let Some(sidecar) = node.sidecar.as_mut() {
+                sidecar::check(node.name, sidecar)?;
             }
         }
         Ok(())
@@ -223,8 +208,10 @@ impl Cluster {
     /// PostgreSQL. `false` when a sidecar did not stop cleanly (already reported).
     pub(super) async fn shut_down(&mut self) -> bool {
         let mut clean = true;
-        for sidecar in self.nodes.iter_mut().rev().filter_map(|node| node.sidecar.take()) {
-            clean &= sidecar.stop().await;
+        for node in self.nodes.iter_mut().rev() {
+            if let Some(sidecar) = node.sidecar.take() {
+                clean &= sidecar::stop(node.name, sidecar).await;
+            }
         }
         let stops: Vec<_> = self
             .nodes
@@ -246,95 +233,27 @@ impl Cluster {
     }
 }
 
+/// Starts a node's sidecar, whose configuration `write_configs` wrote.
+fn start_sidecar(node: &mut Node) -> Result<(), DemoError> {
+    let Some(sidecar) = node.sidecar.as_mut() else {
+        return Err(DemoError::Task(format!("sidecar {} has no configuration", node.name)));
+    };
+    sidecar.start()?;
+    Ok(())
+}
+
 /// Whether the leader's slot exists and has confirmed a position: the sidecar streams.
-async fn slot_ready(conninfo: &str) -> bool {
+async fn slot_ready(conninfo: &str, slot: &str) -> bool {
     let Ok(client) = load::connect(conninfo).await else { return false };
     let sql = "SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1";
-    matches!(client.query_opt(sql, &[&LEADER_SLOT]).await, Ok(Some(row)) if row.get::<_, bool>(0))
+    matches!(client.query_opt(sql, &[&slot]).await, Ok(Some(row)) if row.get::<_, bool>(0))
 }
 
 fn leader_timeout(node: &Node) -> DemoError {
-    let log = node.log_path();
     DemoError::LeaderTimeout {
         node: node.name,
         secs: LEADER_START_TIMEOUT.as_secs(),
-        tail: sidecar::log_tail(&log),
-        log,
-    }
-}
-
-/// A sidecar configuration; followers list the leader as their peer.
-fn config_text(node: &Node, leader: Option<&Node>, token_path: &Path) -> String {
-    let path = |p: &Path| toml_string(&p.to_string_lossy());
-    let role = if node.is_leader() { "leader" } else { "follower" };
-    let mut text = format!(
-        "node = \"{}\"\ncluster = \"{CLUSTER}\"\ndata_dir = {}\npostgres = {}\nrole = \"{role}\"\n\
-         listen = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\ntoken_file = {}\n",
-        node.name,
-        path(&node.dir.join("walship-data")),
-        toml_string(&node.conninfo()),
-        node.relay_port,
-        node.admin_port,
-        path(token_path),
-    );
-    if let Some(peer) = leader {
-        text.push_str(&format!(
-            "\n[[peers]]\nnode = \"{}\"\nrelay = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-            peer.name, peer.relay_port, peer.admin_port
-        ));
-    }
-    text
-}
-
-/// A TOML basic string, quoted and escaped.
-fn toml_string(value: &str) -> String {
-    toml::Value::String(value.to_owned()).to_string()
-}
-
-fn write_file(path: &Path, text: &str) -> Result<(), DemoError> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|source| DemoError::Io { action: "create", path: parent.into(), source })?;
-    }
-    fs::write(path, text).map_err(|source| DemoError::Io { action: "write", path: path.into(), source })
-}
-
-/// 32 random hex digits.
-fn new_token() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A port free on loopback now; another process may take it before the sidecar binds it,
-/// which the sidecar then reports (rare enough for a demo).
-fn free_port() -> Result<u16, DemoError> {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr());
-    port.map(|addr| addr.port()).map_err(|source| DemoError::Io {
-        action: "find a free port on",
-        path: "127.0.0.1".into(),
-        source,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn follower_config_names_the_leader() {
-        let node = |name| Node {
-            name,
-            dir: PathBuf::from(format!("/tmp/x/{name}")),
-            relay_port: 7400,
-            admin_port: 7480,
-            pg: None,
-            sidecar: None,
-        };
-        let text = config_text(&node("b"), Some(&node("a")), Path::new("/tmp/x/token"));
-        let config: toml::Value = toml::from_str(&text).unwrap();
-        assert_eq!(config["role"].as_str(), Some("follower"));
-        assert_eq!(config["peers"][0]["node"].as_str(), Some("a"));
-        assert_eq!(config["data_dir"].as_str(), Some("/tmp/x/b/walship-data"));
-        assert_eq!(new_token().len(), 32);
+        tail: node.sidecar.as_ref().map_or_else(String::new, sidecar::tail),
+        log: node.log_path(),
     }
 }

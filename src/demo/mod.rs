@@ -34,6 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::localcluster::LocalClusterError;
 use crate::localpg::{find_bindir, LocalPgError};
 use cluster::Cluster;
 use load::Load;
@@ -67,6 +68,8 @@ pub enum DemoError {
     Load(tokio_postgres::Error),
     #[error("could not start sidecar {node}: {source}")]
     Spawn { node: &'static str, source: io::Error },
+    #[error(transparent)]
+    Cluster(#[from] LocalClusterError),
     #[error("sidecar {node} exited unexpectedly ({status}); the end of its log {log}:\n{tail}")]
     SidecarDied { node: &'static str, status: ExitStatus, log: PathBuf, tail: String },
     #[error("leader sidecar {node} did not start streaming within {secs} s; the end of its log {log}:\n{tail}")]
@@ -87,6 +90,7 @@ impl DemoError {
             | DemoError::Sql { .. }
             | DemoError::Load(_)
             | DemoError::Spawn { .. }
+            | DemoError::Cluster(_)
             | DemoError::SidecarDied { .. }
             | DemoError::LeaderTimeout { .. }
             | DemoError::Runtime(_)

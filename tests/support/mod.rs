@@ -1,27 +1,30 @@
-//! Shared test support: sidecar processes beside throw-away PostgreSQL instances
-//! (`walship::localpg`), and reading the log through `walship inspect --json`.
+//! Shared test support: sidecar processes beside throw-away PostgreSQL instances, on the
+//! library's local-cluster harness (`walship::localcluster`) with test conveniences (a failed
+//! step panics, the ERROR check on drop), and reading the log through `walship inspect --json`.
 
 #![allow(dead_code, clippy::unwrap_used)] // test support: a failed step is a failed test
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use walship::localpg::Instance;
+use walship::config::Role;
+use walship::localcluster::{self, ErrorCheck, Launch, SidecarConfig, SidecarFiles};
+use walship::localpg::{Instance, Options};
 
 pub mod types;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    localcluster::free_port().unwrap()
 }
 
-/// A leader's and a follower's PostgreSQL, both with `schema`.
+/// A leader's and a follower's PostgreSQL, both with `schema`, started side by side.
 pub fn two_instances(schema: &str) -> (Instance, Instance) {
-    let leader = Instance::start(walship::localpg::Options::default()).unwrap();
-    let follower = Instance::start(walship::localpg::Options::default()).unwrap();
+    let specs = vec![(None, Options::default()), (None, Options::default())];
+    let mut started = localcluster::start_instances(specs).into_iter().map(Result::unwrap);
+    let (leader, follower) = (started.next().unwrap(), started.next().unwrap());
     for pg in [&leader, &follower] {
         pg.psql("postgres", schema).unwrap();
     }
@@ -38,8 +41,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
 }
 
 pub const TEST_TOKEN: &str = "test-token-0123456789";
+/// How long a sidecar gets to stop on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Lines of a sidecar's log shown when it fails.
+const TAIL_LINES: usize = 40;
 
-/// A `walship run` process with its own data_dir; its stderr goes to `log_path`.
+/// A `walship run` process with its own folder, data_dir and token (`localcluster::Sidecar`,
+/// which starts and stops it); its stderr goes to `log_path`. A failed step panics.
+///
+/// Dropping it fails the test on an ERROR line in its log that it was not told to expect
+/// (`expect_errors`, `unchecked_errors`), unless the test is failing already.
 pub struct Sidecar {
     pub node: String,
     pub dir: PathBuf,
@@ -47,147 +58,132 @@ pub struct Sidecar {
     pub admin_port: u16,
     pub relay_port: u16,
     pub log_path: PathBuf,
-    child: Option<Child>,
+    inner: localcluster::Sidecar,
     restarts: u32,
 }
 
 impl Sidecar {
-    /// Writes a leader configuration for `pg` into `dir` (extra TOML is appended).
+    /// Writes a leader configuration for `pg` into `dir` (extra TOML is added).
     pub fn leader(dir: &Path, node: &str, pg: &Instance, extra: &str) -> Sidecar {
-        Sidecar::new(dir, node, "leader", pg, &[], extra)
+        Sidecar::new(dir, node, Role::Leader, pg, &[], extra)
     }
 
     /// Writes a follower configuration whose peers are `peers`.
     pub fn follower(dir: &Path, node: &str, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
-        Sidecar::new(dir, node, "follower", pg, peers, extra)
+        Sidecar::new(dir, node, Role::Follower, pg, peers, extra)
     }
 
-    fn new(dir: &Path, node: &str, role: &str, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
-        fs::create_dir_all(dir).unwrap();
-        let admin_port = free_port();
-        let relay_port = free_port();
-        let token_path = dir.join("token");
-        fs::write(&token_path, format!("{TEST_TOKEN}\n")).unwrap();
-        let mut config = format!(
-            "node = \"{node}\"\ncluster = \"test\"\ndata_dir = \"{}\"\npostgres = \"{}\"\nrole = \"{role}\"\n\
-             listen = \"127.0.0.1:{relay_port}\"\nadmin = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n",
-            dir.join("data").display(),
-            pg.conninfo("postgres"),
-            token_path.display(),
-        );
-        for peer in peers {
-            config.push_str(&format!(
-                "\n[[peers]]\nnode = \"{}\"\nrelay = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-                peer.node, peer.relay_port, peer.admin_port
-            ));
-        }
-        config.push_str(extra);
-        let config_path = dir.join("walship.toml");
-        fs::write(&config_path, config).unwrap();
+    fn new(dir: &Path, node: &str, role: Role, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
+        let token_file = dir.join("token");
+        let config = SidecarConfig {
+            node: node.to_owned(),
+            cluster: "test".to_owned(),
+            role,
+            data_dir: PathBuf::new(),
+            postgres: pg.conninfo("postgres"),
+            relay_port: free_port(),
+            admin_port: free_port(),
+            token_file: token_file.clone(),
+            peers: peers.iter().map(|p| p.inner.as_peer()).collect(),
+            extra: extra.to_owned(),
+        };
+        let launch = Launch {
+            env: vec![("WALSHIP_LOG".to_owned(), "info,walship=debug".to_owned())],
+            ..Launch::new(env!("CARGO_BIN_EXE_walship"))
+        };
+        let inner = localcluster::Sidecar::create(dir, SidecarFiles::default(), config, &launch).unwrap();
+        localcluster::write_token(&token_file, TEST_TOKEN).unwrap();
         Sidecar {
             node: node.to_owned(),
             dir: dir.into(),
-            config_path,
-            admin_port,
-            relay_port,
-            log_path: dir.join("sidecar.log"),
-            child: None,
+            config_path: inner.config_path.clone(),
+            admin_port: inner.admin_port(),
+            relay_port: inner.relay_port(),
+            log_path: inner.log_path.clone(),
+            inner,
             restarts: 0,
         }
     }
 
     /// A leader `a` and a follower `b` that know each other, in `dir`, not started.
     pub fn pair(dir: &Path, leader_pg: &Instance, follower_pg: &Instance) -> (Sidecar, Sidecar) {
-        let leader = Sidecar::leader(&dir.join("a"), "a", leader_pg, "");
+        let mut leader = Sidecar::leader(&dir.join("a"), "a", leader_pg, "");
         let follower = Sidecar::follower(&dir.join("b"), "b", follower_pg, &[&leader], "");
         leader.add_peer(&follower);
         (leader, follower)
     }
 
     /// Lists `peer` in this sidecar's `[[peers]]`.
-    pub fn add_peer(&self, peer: &Sidecar) {
-        let mut config = fs::read_to_string(&self.config_path).unwrap();
-        config.push_str(&format!(
-            "\n[[peers]]\nnode = \"{}\"\nrelay = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-            peer.node, peer.relay_port, peer.admin_port
-        ));
-        fs::write(&self.config_path, config).unwrap();
+    pub fn add_peer(&mut self, peer: &Sidecar) {
+        self.inner.add_peer(peer.inner.as_peer()).unwrap();
     }
 
     /// Replaces the shared token this sidecar uses.
     pub fn set_token(&self, token: &str) {
-        fs::write(self.dir.join("token"), token).unwrap();
+        fs::write(&self.inner.config.token_file, token).unwrap();
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.inner.data_dir().to_path_buf()
     }
 
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "sidecar already running");
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_walship"))
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env("WALSHIP_LOG", "info,walship=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        assert!(self.inner.start().unwrap(), "sidecar already running");
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("sidecar not running").id()
+        self.inner.pid().expect("sidecar not running")
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
+        if self.inner.kill().unwrap().is_some() {
             self.restarts += 1;
         }
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    assert!(status.success(), "sidecar exited with {status}; log:\n{}", self.log_tail());
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("sidecar did not stop on SIGTERM; log:\n{}", self.log_tail());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        match self.inner.stop(STOP_TIMEOUT) {
+            Ok(None) => {}
+            Ok(Some(status)) => assert!(status.success(), "sidecar exited with {status}; log:\n{}", self.log_tail()),
+            Err(e) => panic!("{e}; log:\n{}", self.log_tail()),
         }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin_port)
+        self.inner.admin_url(path)
     }
 
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.inner.log_text()
     }
 
     pub fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.inner.log_tail(TAIL_LINES)
     }
 
-    /// Fails on any ERROR line in the sidecar's log.
+    /// ERROR lines containing one of `messages` are expected of this sidecar; any other still
+    /// fails the test.
+    pub fn expect_errors(&mut self, messages: &[&str]) {
+        self.inner.errors = ErrorCheck::Expected(messages.iter().map(|m| m.to_string()).collect());
+    }
+
+    /// Any ERROR line is accepted from this sidecar, for the reason given.
+    pub fn unchecked_errors(&mut self, why: &str) {
+        self.inner.errors = ErrorCheck::Unchecked { why: why.to_owned() };
+    }
+
+    /// Fails on any unexpected ERROR line in the sidecar's log (also checked on drop).
     pub fn assert_no_errors(&self) {
-        let text = self.log_text();
-        let errors: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ")).collect();
-        assert!(errors.is_empty(), "unexpected errors in the sidecar log:\n{}", errors.join("\n"));
+        let errors = self.inner.unexpected_errors();
+        assert!(
+            errors.is_empty(),
+            "unexpected errors in sidecar {}'s log {}:\n{}",
+            self.node,
+            self.log_path.display(),
+            errors.join("\n")
+        );
     }
 
     /// The log's entries as `walship inspect --json` prints them.
@@ -197,10 +193,12 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    /// Kills the process if it still runs, then fails the test on an unexpected ERROR line
+    /// (not when the test is failing already: its own message matters more).
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let _ = self.inner.kill();
+        if !std::thread::panicking() {
+            self.assert_no_errors();
         }
     }
 }

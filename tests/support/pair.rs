@@ -1,10 +1,12 @@
-//! A leader and a follower PostgreSQL for the apply tests. Changes committed on the leader are
-//! decoded through a pgoutput slot into log records, the way the leader sidecar logs them,
-//! and the follower's tables are compared with the leader's.
+//! A leader and a follower PostgreSQL for the apply tests, started side by side by
+//! `walship::localcluster` (no sidecars). Changes committed on the leader are decoded through
+//! a pgoutput slot into log records, the way the leader sidecar logs them, and the follower's
+//! tables are compared with the leader's.
 
 #![allow(dead_code, clippy::unwrap_used)] // test support: a failed step is a failed test
 
 use walship::apply::{AppliedPosition, Applier, RowsSent};
+use walship::localcluster;
 use walship::localpg::{Instance, Options};
 use walship::log::{Record, RecordKind};
 use walship::lsn::{Index, Lsn, Term};
@@ -24,8 +26,10 @@ impl Pair {
     /// Both instances with `schema`, a publication of all tables and a slot on the leader.
     /// Transactions larger than `spill_bytes` leave as chunk records.
     pub async fn start(schema: &str, spill_bytes: usize) -> Pair {
-        let leader = Instance::start(Options::default()).unwrap();
-        let follower = Instance::start(Options::default()).unwrap();
+        let mut started = localcluster::start_instances(vec![(None, Options::default()), (None, Options::default())])
+            .into_iter()
+            .map(Result::unwrap);
+        let (leader, follower) = (started.next().unwrap(), started.next().unwrap());
         leader.psql("postgres", schema).unwrap();
         follower.psql("postgres", schema).unwrap();
         leader
