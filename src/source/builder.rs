@@ -14,15 +14,13 @@ use std::collections::HashMap;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::log::committer::Output;
 use crate::log::entry::{self, EntryHeader, EntryKind, HEADER_BYTES};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::pgoutput::{self, DecodeError, Message};
 
 /// Default size beyond which an open transaction is spilled as a chunk record.
 pub const DEFAULT_SPILL_BYTES: usize = 4 << 20;
-
-/// Builder output, written to the log by the committer.
-pub use crate::log::committer::Output;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

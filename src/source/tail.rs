@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::log::committer::Output;
 use crate::log::committer::{Durable, WriteCmd};
-use crate::source::builder::{EntryBuilder, Output};
+use crate::source::builder::EntryBuilder;
 use crate::source::stream::{CopyMessage, ReplStream, SharedSink, StatusSink};
 use crate::source::SourceError;
 

@@ -8,9 +8,10 @@
 use walship::apply::{AppliedPosition, Applier, RowsSent};
 use walship::localcluster;
 use walship::localpg::{Instance, Options};
+use walship::log::committer::Output;
 use walship::log::{Record, RecordKind};
 use walship::lsn::{Index, Lsn, Term};
-use walship::source::builder::{EntryBuilder, Output};
+use walship::source::builder::EntryBuilder;
 
 const GET_CHANGES: &str = "SELECT data FROM pg_logical_slot_get_binary_changes('s', NULL, NULL, \
      'proto_version', '1', 'publication_names', 'p', 'messages', 'true')";
