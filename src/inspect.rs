@@ -5,7 +5,7 @@
 //! as it is read, record by record, so even a huge one passes in bounded memory.
 //!
 //! [`EntryPrinter`] is that printer on its own, for any source of records: the divergence
-//! report (`crate::divergence`) prints lost transactions with it in the same form.
+//! report prints an old leader's lost transactions with it in the same form.
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -214,8 +214,10 @@ async fn the_report_holds_the_log_after_the_branch_point_and_what_only_the_wal_h
     let expected = ReportSummary { path: summary.path.clone(), log_entries: 3, wal_transactions: 3, rows: 56 };
     assert_eq!(summary, expected);
 
-    // Peeking consumed nothing: the slot did not move and a second report says the same.
+    // Peeking consumed nothing: the slot did not move and a second report says the same, on
+    // the fenced database a divergent node has.
     assert_eq!(old.confirmed_flush(), confirmed);
+    walship::fence::fence(&mut old.client).await.unwrap();
     let (again, report_again) = old.report(TERM, Some(Index(3)), "second.jsonl").await;
     assert_eq!(report_again, report);
     assert_eq!((again.log_entries, again.wal_transactions, again.rows), (3, 3, 56));
