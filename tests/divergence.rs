@@ -293,3 +293,24 @@ async fn inspect_prints_the_same_log_without_a_source() {
     expected.sort();
     assert_eq!(keys, expected);
 }
+
+/// A WAL-only transaction larger than the builder's spill size passes through in chunks and is
+/// reported whole, as one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_unlogged_transaction_is_reported_whole() {
+    let mut old = OldLeader::start().await;
+    old.commit_each(&["INSERT INTO items VALUES (1, 'item 1', 1)"]).await;
+    old.log_slot(true).await;
+    let rows = 120_000;
+    old.commit_each(&[&format!(
+        "INSERT INTO items SELECT g, repeat('x', 20) || g, g FROM generate_series(2, {rows}) g"
+    )])
+    .await;
+    let (summary, report) = old.report(TERM, Some(Index(1)), "huge.jsonl").await;
+    assert_eq!((summary.log_entries, summary.wal_transactions, summary.rows), (0, 1, rows - 1));
+    let changes = report[0]["changes"].as_array().unwrap();
+    assert_eq!(changes.len() as u64, rows - 1);
+    assert_eq!(changes[0]["new"], item(2, &format!("{}2", "x".repeat(20)), 2));
+    let last = format!("{}{rows}", "x".repeat(20));
+    assert_eq!(changes[changes.len() - 1]["new"], item(rows as u32, &last, rows as u32));
+}
