@@ -3,6 +3,9 @@
 //! With `--json`, one object a line: `term`, `index`, `commit_lsn`, `xid`, `commit_time`,
 //! `end_lsn` and `changes`, a list of `{"op", "table", "new", "old"}`. A transaction is printed
 //! as it is read, record by record, so even a huge one passes in bounded memory.
+//!
+//! [`EntryPrinter`] is that printer on its own, for any source of records: the divergence
+//! report prints an old leader's lost transactions with it in the same form.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value as Json};
 
 use crate::log::entry::{self, EntryError, EntryHeader, EntryKind};
-use crate::log::{LogError, LogReader, Record, RecordKind};
+use crate::log::{LogError, LogReader, RecordKind};
 use crate::lsn::{EntryId, Index};
 use crate::pgoutput::{self, DecodeError, Message, OldTuple, Tuple, Value};
 
@@ -52,37 +55,80 @@ pub fn run(data_dir: &Path, json: bool, all: bool, out: &mut impl Write) -> Resu
         Err(LogError::Compacted { first, .. }) => LogReader::open_offline(&dir, first)?,
         other => other?,
     };
-    let mut printer = Printer { json, all, relations: HashMap::new(), open: None, changes: 0 };
+    let mut printer = EntryPrinter::inspect(json, all);
     while let Some(record) = reader.next()? {
-        printer.record(&record, out)?;
+        printer.record(record.id, record.kind, &record.payload, out)?;
     }
     out.flush()?;
     Ok(())
 }
 
-struct Printer {
+/// Prints entries record by record, in inspect's text or JSON form. Entries are self-contained
+/// (see `crate::log::entry`), so the printer holds at most one entry's relations, never its
+/// changes: a transaction of any size passes in bounded memory.
+pub struct EntryPrinter {
     json: bool,
-    all: bool,
+    heartbeats: bool,
+    messages: bool,
+    /// A `"source"` key written before the inspect keys (JSON only).
+    source: Option<&'static str>,
+    /// Whether the entry's index is printed; `"index": null` otherwise (an entry no log holds).
+    indexed: bool,
     relations: HashMap<u32, Relation>,
     /// The entry being printed, once its first record was seen.
     open: Option<EntryId>,
     changes: usize,
 }
 
-impl Printer {
-    fn record(&mut self, record: &Record, out: &mut impl Write) -> Result<(), InspectError> {
-        let id = record.id;
-        let (header, items) = match record.kind {
-            RecordKind::Chunk => (None, entry::chunk_items(&record.payload)),
+/// An entry the printer finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Printed {
+    pub id: EntryId,
+    pub kind: EntryKind,
+    /// Changes printed for it (rows inserted, updated, deleted or truncated, and messages).
+    pub changes: usize,
+}
+
+impl EntryPrinter {
+    /// `walship inspect`'s printer: transactions, and with `all` also heartbeats and messages.
+    pub fn inspect(json: bool, all: bool) -> EntryPrinter {
+        EntryPrinter::new(json, all, all, None, true)
+    }
+
+    /// JSON lines in inspect's form that also say where the entry comes from (`source`);
+    /// without `indexed`, `"index": null`. Transactions and logical messages, not heartbeats.
+    pub fn json_from(source: &'static str, indexed: bool) -> EntryPrinter {
+        EntryPrinter::new(true, false, true, Some(source), indexed)
+    }
+
+    fn new(json: bool, heartbeats: bool, messages: bool, source: Option<&'static str>, indexed: bool) -> Self {
+        EntryPrinter { json, heartbeats, messages, source, indexed, relations: HashMap::new(), open: None, changes: 0 }
+    }
+
+    /// Prints one record of entry `id`: its changes as they come, and the entry's closing part
+    /// with its `Entry` record. Returns the entry once it is printed whole.
+    pub fn record(
+        &mut self,
+        id: EntryId,
+        kind: RecordKind,
+        payload: &[u8],
+        out: &mut impl Write,
+    ) -> Result<Option<Printed>, InspectError> {
+        let (header, items) = match kind {
+            RecordKind::Chunk => (None, entry::chunk_items(payload)),
             RecordKind::Entry => {
-                let (h, items) =
-                    entry::decode_entry(&record.payload).map_err(|source| InspectError::Entry { id, source })?;
+                let (h, items) = entry::decode_entry(payload).map_err(|source| InspectError::Entry { id, source })?;
                 (Some(h), items)
             }
         };
         let kind = header.map_or(EntryKind::Transaction, |h| h.kind);
-        if kind != EntryKind::Transaction && !self.all {
-            return Ok(());
+        let shown = match kind {
+            EntryKind::Transaction => true,
+            EntryKind::Heartbeat => self.heartbeats,
+            EntryKind::Message => self.messages,
+        };
+        if !shown {
+            return Ok(None);
         }
         if self.open != Some(id) {
             self.open = Some(id);
@@ -97,11 +143,10 @@ impl Printer {
                 self.print_change(change, out)?;
             }
         }
-        if let Some(h) = header {
-            self.finish(&h, out)?;
-            self.open = None;
-        }
-        Ok(())
+        let Some(h) = header else { return Ok(None) };
+        self.finish(&h, out)?;
+        self.open = None;
+        Ok(Some(Printed { id, kind, changes: self.changes }))
     }
 
     fn start(&mut self, id: EntryId, kind: EntryKind, out: &mut impl Write) -> std::io::Result<()> {
@@ -111,7 +156,17 @@ impl Printer {
                 EntryKind::Heartbeat => ",\"kind\":\"heartbeat\"",
                 EntryKind::Message => ",\"kind\":\"message\"",
             };
-            write!(out, "{{\"term\":{},\"index\":{}{kind},\"changes\":[", id.term, id.index)
+            out.write_all(b"{")?;
+            if let Some(source) = self.source {
+                write!(out, "\"source\":\"{source}\",")?;
+            }
+            write!(out, "\"term\":{},\"index\":", id.term)?;
+            if self.indexed {
+                write!(out, "{}", id.index)?;
+            } else {
+                out.write_all(b"null")?;
+            }
+            write!(out, "{kind},\"changes\":[")
         } else {
             writeln!(out, "entry {id} ({kind:?})")
         }
@@ -179,7 +234,9 @@ impl Printer {
                 }
                 out
             }
-            Message::Message { prefix, content, .. } if self.all => {
+            Message::Message { prefix, content, .. }
+                if self.messages && (self.heartbeats || prefix != entry::HEARTBEAT_PREFIX) =>
+            {
                 vec![
                     serde_json::json!({"op": "message", "prefix": prefix, "content": String::from_utf8_lossy(content)}),
                 ]
@@ -263,7 +320,90 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use bytes::{BufMut, BytesMut};
+
     use super::*;
+    use crate::lsn::{Lsn, Term};
+
+    fn relation() -> Vec<u8> {
+        let mut b = vec![b'R'];
+        b.put_u32(5);
+        b.put_slice(b"public\0t\0");
+        b.put_u8(b'd');
+        b.put_u16(2);
+        b.put_slice(&[1, b'i', b'd', 0]);
+        b.put_u32(23);
+        b.put_i32(-1);
+        b.put_slice(&[0, b'v', 0]);
+        b.put_u32(25);
+        b.put_i32(-1);
+        b
+    }
+
+    fn insert(id: &str, v: Option<&str>) -> Vec<u8> {
+        let mut b = vec![b'I'];
+        b.put_u32(5);
+        b.put_u8(b'N');
+        b.put_u16(2);
+        for value in [Some(id), v] {
+            match value {
+                Some(text) => {
+                    b.put_u8(b't');
+                    b.put_u32(text.len() as u32);
+                    b.put_slice(text.as_bytes());
+                }
+                None => b.put_u8(b'n'),
+            }
+        }
+        b
+    }
+
+    /// An entry of two inserts, split in a chunk and its closing entry record.
+    fn records() -> Vec<(RecordKind, Vec<u8>)> {
+        let mut chunk = BytesMut::new();
+        entry::push_item(&mut chunk, &relation());
+        entry::push_item(&mut chunk, &insert("1", Some("a")));
+        let mut last = BytesMut::zeroed(entry::HEADER_BYTES);
+        entry::push_item(&mut last, &relation());
+        entry::push_item(&mut last, &insert("2", None));
+        let header = EntryHeader {
+            kind: EntryKind::Transaction,
+            commit_lsn: Lsn(0x1_0000_0200),
+            end_lsn: Lsn(0x1_0000_0230),
+            commit_time: 77,
+            xid: 9,
+        };
+        header.write_into(&mut last);
+        vec![(RecordKind::Chunk, chunk.to_vec()), (RecordKind::Entry, last.to_vec())]
+    }
+
+    fn print(mut printer: EntryPrinter) -> (String, Vec<Option<Printed>>) {
+        let id = EntryId { term: Term(3), index: Index(7) };
+        let mut out = Vec::new();
+        let printed = records()
+            .into_iter()
+            .map(|(kind, payload)| printer.record(id, kind, &payload, &mut out).unwrap())
+            .collect();
+        (String::from_utf8(out).unwrap(), printed)
+    }
+
+    const CHANGES: &str = r#""changes":[{"new":{"id":"1","v":"a"},"op":"insert","table":"public.t"},{"new":{"id":"2","v":null},"op":"insert","table":"public.t"}],"commit_lsn":"1/200","end_lsn":"1/230","xid":9,"commit_time":"2000-01-01T00:00:00.000077Z"}"#;
+
+    #[test]
+    fn an_entry_prints_as_one_json_line_across_its_records() {
+        let (line, printed) = print(EntryPrinter::inspect(true, false));
+        assert_eq!(line, format!("{{\"term\":3,\"index\":7,{CHANGES}\n"));
+        let id = EntryId { term: Term(3), index: Index(7) };
+        assert_eq!(printed, vec![None, Some(Printed { id, kind: EntryKind::Transaction, changes: 2 })]);
+    }
+
+    #[test]
+    fn a_sourced_printer_adds_its_source_and_may_leave_the_index_out() {
+        let (line, _) = print(EntryPrinter::json_from("wal", false));
+        assert_eq!(line, format!("{{\"source\":\"wal\",\"term\":3,\"index\":null,{CHANGES}\n"));
+        let (line, _) = print(EntryPrinter::json_from("log", true));
+        assert_eq!(line, format!("{{\"source\":\"log\",\"term\":3,\"index\":7,{CHANGES}\n"));
+    }
 
     #[test]
     fn pg_times_format_as_rfc3339() {

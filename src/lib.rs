@@ -8,6 +8,7 @@ pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod demo;
+pub mod divergence;
 pub mod error;
 pub mod fence;
 pub mod follower;
