@@ -19,8 +19,8 @@ pub struct HardState {
     pub term: Term,
     pub role: RoleKind,
     /// The one candidate this node granted a term to, for the highest term it granted.
-    /// A node grants a term only above `term` (or again to the same candidate), so each term is
-    /// granted at most once.
+    /// A node grants a term only above the one recorded here (or again to the same candidate),
+    /// so each term is granted at most once.
     pub granted: Option<Grant>,
 }
 

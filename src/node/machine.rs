@@ -27,7 +27,8 @@
 //! 1. `Persist(hard)` comes first in every batch that changed the hard state, so nothing that
 //!    depends on it (a grant, leading a term, following a term) happens before it is durable.
 //! 2. The hard term never decreases. A node grants each term at most once: only a term above
-//!    its own (its own candidacy included), or again to the same candidate.
+//!    the last it granted (its own candidacy included) and not below its own, or again to the
+//!    same candidate.
 //! 3. A node leads term `T` only with grants of `T` from a majority of the cluster, or when
 //!    an operator forced it without one (the answer then says `unsafe_no_majority`), or as
 //!    the cluster's first leader at term 1. Hence, forced promotions aside, two nodes never
@@ -255,6 +256,18 @@ impl Node {
         }
     }
 
+    /// Adopts a higher term. Leading, or fenced by the lease (which resumes leading), hold
+    /// only for the term this node led: with another, they become fenced as superseded.
+    pub(super) fn adopt(&mut self, term: Term) {
+        if term <= self.hard.term {
+            return;
+        }
+        self.hard.term = term;
+        if matches!(self.hard.role, RoleKind::Leader | RoleKind::Fenced { reason: FenceReason::LeaseLost }) {
+            self.hard.role = RoleKind::Fenced { reason: FenceReason::Superseded };
+        }
+    }
+
     /// Leaves the current role: a leader becomes read-only, then stops leading; a pending
     /// operator request is answered. The caller sets the next role.
     pub(super) fn leave_role(&mut self, out: &mut Vec<Command>, superseded: Option<Term>) {
@@ -275,7 +288,7 @@ impl Node {
     /// The role after leaving another because of `term`: a node that led is fenced, others
     /// wait for a leader of `term` (a fenced or divergent node stays so).
     fn settle_at(&mut self, term: Term, leader: Option<NodeId>, out: &mut Vec<Command>) {
-        self.hard.term = self.hard.term.max(term);
+        self.adopt(term);
         let term = self.hard.term;
         match self.hard.role.clone() {
             RoleKind::Leader | RoleKind::Fenced { .. } => {
@@ -309,7 +322,7 @@ impl Node {
         if term < self.hard.term || !matches!(self.role, NodeRole::Follower { .. } | NodeRole::Fenced { .. }) {
             return;
         }
-        self.hard.term = term;
+        self.adopt(term);
         self.hard.role = RoleKind::Follower;
         self.role = NodeRole::Follower { leader: Some(node.clone()), term };
         out.push(Command::ServeRelay { leader: Some((node, term)) });
@@ -394,6 +407,7 @@ impl Node {
                     panic!("leading with hard role {kind:?}")
                 }
                 (NodeRole::Follower { term, .. }, _) => assert_eq!(*term, self.hard.term),
+                (NodeRole::Fenced { reason }, kind) => assert_eq!(kind, &RoleKind::Fenced { reason: *reason }),
                 _ => {}
             }
             if self.config.lease && self.leading().is_some() {

@@ -249,14 +249,30 @@ fn a_claim_is_granted_once_per_term_persisted_before_the_answer() {
         Persist(hard(2, RoleKind::Follower, Some((2, "c")))),
         ServeRelay { leader: None },
         Follow { leader: None, term: Term(2) },
-        AnswerClaim { candidate: "c".into(), vote: Vote::Granted },
+        AnswerClaim { candidate: "c".into(), term: Term(2), vote: Vote::Granted },
     ];
     assert_eq!(granted, expected);
     let refusal = Vote::Refused { term: Term(2), last: Some(id(1, 10)) };
-    assert_eq!(step(&mut b, claim("a", 2, id(1, 10), true)), [AnswerClaim { candidate: "a".into(), vote: refusal }]);
+    assert_eq!(
+        step(&mut b, claim("a", 2, id(1, 10), true)),
+        [AnswerClaim { candidate: "a".into(), term: Term(2), vote: refusal }]
+    );
     // The same candidate asking again (its answer was lost) is granted again, with no change.
     let again = step(&mut b, claim("c", 2, id(1, 10), false));
-    assert_eq!(again, [AnswerClaim { candidate: "c".into(), vote: Vote::Granted }]);
+    assert_eq!(again, [AnswerClaim { candidate: "c".into(), term: Term(2), vote: Vote::Granted }]);
+}
+
+#[test]
+fn a_term_adopted_without_a_grant_can_still_be_granted_once() {
+    let mut b = follower_b(&["a", "c"]);
+    step(&mut b, Event::HigherTermSeen { term: Term(2), leader: None });
+    let granted = step(&mut b, claim("c", 2, id(1, 10), false));
+    assert_eq!(granted[0], Persist(hard(2, RoleKind::Follower, Some((2, "c")))));
+    assert_eq!(granted.last(), Some(&AnswerClaim { candidate: "c".into(), term: Term(2), vote: Vote::Granted }));
+    // A leader never grants the term it leads.
+    let mut a = leader_a(false);
+    let refused = step(&mut a, claim("b", 1, id(1, 20), false));
+    assert!(matches!(&refused[..], [AnswerClaim { vote: Vote::Refused { .. }, .. }]));
 }
 
 #[test]
@@ -265,7 +281,7 @@ fn a_candidate_behind_is_refused_unless_forced() {
     let refused = step(&mut b, claim("c", 2, id(1, 9), false));
     assert!(matches!(&refused[..], [AnswerClaim { vote: Vote::Refused { .. }, .. }]));
     let granted = step(&mut b, claim("c", 2, id(1, 9), true));
-    assert_eq!(granted.last(), Some(&AnswerClaim { candidate: "c".into(), vote: Vote::Granted }));
+    assert_eq!(granted.last(), Some(&AnswerClaim { candidate: "c".into(), term: Term(2), vote: Vote::Granted }));
 }
 
 #[test]
@@ -278,7 +294,7 @@ fn a_leader_granting_a_claim_fences_itself_before_it_answers() {
         StopLeading,
         ServeRelay { leader: None },
         Follow { leader: None, term: Term(2) },
-        AnswerClaim { candidate: "b".into(), vote: Vote::Granted },
+        AnswerClaim { candidate: "b".into(), term: Term(2), vote: Vote::Granted },
     ];
     assert_eq!(granted, expected);
 }
@@ -387,9 +403,21 @@ fn a_switchover_waits_for_the_target_to_apply_everything_then_hands_over() {
         ServeRelay { leader: leader("b", 2) },
         Follow { leader: Some("b".into()), term: Term(2) },
         Answer { id: 1, response: Response::Switchover(Ok(SwitchedOver { to: "b".into(), term: Term(2) })) },
-        AnswerClaim { candidate: "b".into(), vote: Vote::Granted },
+        AnswerClaim { candidate: "b".into(), term: Term(2), vote: Vote::Granted },
     ];
     assert_eq!(handed, expected);
+}
+
+#[test]
+fn a_claim_of_the_target_before_it_caught_up_is_no_handover() {
+    // Found by the simulation: the target, promoted by force meanwhile, lacked entries.
+    let mut a = leader_a(false);
+    step(&mut a, Event::SwitchoverRequested { id: 1, to: "b".into() });
+    step(&mut a, Event::WritesStopped { last: Some(id(1, 22)) });
+    let granted = step(&mut a, claim("b", 2, id(1, 15), true));
+    assert_eq!(granted[0], Persist(hard(2, RoleKind::Fenced { reason: FenceReason::Superseded }, Some((2, "b")))));
+    let cancelled = Answer { id: 1, response: Response::Switchover(Err(SwitchoverRefused::Cancelled)) };
+    assert_eq!(granted[1..3], [StopLeading, cancelled]);
 }
 
 #[test]
@@ -429,6 +457,17 @@ fn losing_the_lease_fences_a_leader_and_renewing_it_resumes_after_a_probe() {
     let mut a = leader_a(false);
     assert_eq!(step(&mut a, Event::LeaseLost), []);
     assert_eq!(a.leading(), Some(Term(1)));
+}
+
+#[test]
+fn a_leader_fenced_by_its_lease_that_adopts_a_higher_term_never_resumes_it() {
+    // Found by the simulation: the lease renewed, it led the term it had granted to another.
+    let mut a = leader_a(true);
+    step(&mut a, Event::LeaseLost);
+    let granted = step(&mut a, claim("b", 2, id(1, 20), false));
+    assert_eq!(granted[0], Persist(hard(2, RoleKind::Fenced { reason: FenceReason::Superseded }, Some((2, "b")))));
+    assert_eq!(step(&mut a, Event::LeaseRenewed), []);
+    assert_eq!(a.role(), &NodeRole::Fenced { reason: FenceReason::Superseded });
 }
 
 #[test]

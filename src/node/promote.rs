@@ -9,8 +9,11 @@
 //!   as `lost` in the answer.
 //! - **Claim** term `T + 1`, `T` the highest term this node and the answers know. The candidate
 //!   grants itself first (persisted), and stops following: from now on it accepts no entry of
-//!   an older term. A peer grants iff the term is above its own (or it granted this very term to
-//!   this candidate before) and, unless forced, its last entry is not ahead of the candidate's.
+//!   an older term. A peer grants iff it granted no one that term yet (or granted it to this
+//!   very candidate: a lost answer asked again), its own term is not higher, it does not lead
+//!   that term, and, unless forced, its last entry is not ahead of the candidate's. (A node
+//!   may have adopted the term without granting it, from a redirect or a follower: as Raft
+//!   resets its vote on a new term, it can still grant it once.)
 //!   Granting is persisted before it is answered and makes the granter adopt the term: a
 //!   follower drops its leader of the older term, a leader fences itself.
 //! - **Majority**: grants from `(peers + 1) / 2 + 1` nodes, the candidate included. Without
@@ -29,8 +32,8 @@
 use crate::lsn::{EntryId, Index, Term};
 
 use super::machine::{
-    ahead, Claim, ClaimAnswer, Command, FenceReason, Grant, Node, NodeRole, PeerAnswer, PeerState, Phase,
-    PromoteRefused, PromoteRequest, Promoted, Promotion, Response, RoleKind, Vote,
+    ahead, Claim, ClaimAnswer, Command, FenceReason, Grant, HandoverStage, Node, NodeRole, PeerAnswer, PeerState,
+    Phase, PromoteRefused, PromoteRequest, Promoted, Promotion, Response, RoleKind, Vote,
 };
 use super::NodeId;
 
@@ -119,7 +122,7 @@ impl Node {
         if let Some((node, state)) = higher {
             let leader = if state.role == RoleKind::Leader { Some(node.clone()) } else { state.leader.clone() };
             self.hard.role = RoleKind::Fenced { reason: FenceReason::Superseded };
-            self.hard.term = state.term;
+            self.adopt(state.term);
             self.fence_following(leader, out);
             return;
         }
@@ -151,7 +154,7 @@ impl Node {
         let NodeRole::Promoting(promotion) = &mut self.role else { return };
         promotion.phase = Phase::Claiming { term, lost };
         let force = matches!(promotion.request, PromoteRequest::Operator { force: true, .. });
-        self.hard.term = term;
+        self.adopt(term);
         self.hard.granted = Some(Grant { term, node: self.config.node.clone() });
         out.push(Command::StopFollowing);
         out.push(Command::ClaimTerm(Claim { candidate: self.config.node.clone(), term, last: self.last, force }));
@@ -201,7 +204,7 @@ impl Node {
 
     /// After a failed claim: wait for a leader of `term` (fenced if fenced before).
     fn settle_without_leader(&mut self, term: Term, out: &mut Vec<Command>) {
-        self.hard.term = self.hard.term.max(term);
+        self.adopt(term);
         let term = self.hard.term;
         self.role = match self.hard.role {
             RoleKind::Fenced { reason } => NodeRole::Fenced { reason },
@@ -262,34 +265,42 @@ impl Node {
         self.begin_claim(term, Vec::new(), out);
     }
 
-    /// A peer's claim: grant iff the term is new to this node (or granted to this very
-    /// candidate) and, unless forced, this node's log is not ahead of the candidate's.
+    /// A peer's claim: grant iff this node granted no one the term yet (or granted it to this
+    /// very candidate), its own term is not higher, it does not lead that term, and, unless
+    /// forced, its log is not ahead of the candidate's.
     pub(super) fn on_claim(&mut self, claim: Claim, out: &mut Vec<Command>) {
+        let granted_term = self.hard.granted.as_ref().map(|g| g.term);
         let again = self.hard.granted == Some(Grant { term: claim.term, node: claim.candidate.clone() });
-        let fresh = claim.term > self.hard.term;
+        let leads = self.hard.role == RoleKind::Leader && claim.term == self.hard.term;
+        let fresh = claim.term >= self.hard.term && granted_term < Some(claim.term) && !leads;
         let behind = !claim.force && ahead(self.last, claim.last);
         let starting = self.role == NodeRole::Starting;
         if starting || claim.candidate == self.config.node || behind || !(fresh || again) {
             let vote = Vote::Refused { term: self.hard.term, last: self.last };
-            out.push(Command::AnswerClaim { candidate: claim.candidate, vote });
+            out.push(Command::AnswerClaim { candidate: claim.candidate, term: claim.term, vote });
             return;
         }
         if fresh {
             self.hard.granted = Some(Grant { term: claim.term, node: claim.candidate.clone() });
             self.grant_leaves_role(&claim, out);
         }
-        out.push(Command::AnswerClaim { candidate: claim.candidate, vote: Vote::Granted });
+        out.push(Command::AnswerClaim { candidate: claim.candidate, term: claim.term, vote: Vote::Granted });
     }
 
-    /// Adopting a granted term: a leader stops (the switchover's target is followed), a
-    /// candidate gives up, a follower drops its leader of the older term.
+    /// Adopting a granted term: a leader stops (and follows the switchover's target, once
+    /// that applied everything and was asked to promote: a claim of the target before then
+    /// is any claim), a candidate gives up, a follower drops its leader of the older term.
     fn grant_leaves_role(&mut self, claim: &Claim, out: &mut Vec<Command>) {
         let handing_to = match &self.role {
-            NodeRole::HandingOver { handover, .. } if handover.to == claim.candidate => Some(handover.id),
+            NodeRole::HandingOver { handover, .. }
+                if handover.to == claim.candidate && handover.stage == HandoverStage::Asked =>
+            {
+                Some(handover.id)
+            }
             _ => None,
         };
         if let Some(id) = handing_to {
-            self.hard.term = claim.term;
+            self.adopt(claim.term);
             self.hard.role = RoleKind::Follower;
             self.role = NodeRole::Follower { leader: None, term: claim.term };
             let target = Some((claim.candidate.clone(), claim.term));
@@ -301,7 +312,7 @@ impl Node {
         }
         self.leave_role(out, Some(claim.term));
         match self.role {
-            NodeRole::Divergent { .. } => self.hard.term = claim.term,
+            NodeRole::Divergent { .. } => self.adopt(claim.term),
             _ => self.settle_without_leader_after_grant(claim.term, out),
         }
     }

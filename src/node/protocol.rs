@@ -153,6 +153,7 @@ pub enum Command {
     /// Answer the `ClaimReceived` of `candidate`.
     AnswerClaim {
         candidate: NodeId,
+        term: Term,
         vote: Vote,
     },
     StopFollowing,
