@@ -1,7 +1,8 @@
 //! A node's role and term, and the state that must survive restarts.
 //!
 //! - `machine`: the failover core, `Node::step(event) -> Vec<Command>`, without I/O
-//!   (promotion in `promote`, switchover in `switchover`, tested in `machine_tests`).
+//!   (promotion in `promote`, switchover in `switchover`), tested on its commands in
+//!   `machine_tests`, and as a cluster on a simulated network (`sim`) in `sim_tests`.
 //! - `protocol`: its events, commands and answers; `hard_state`: what it needs persisted.
 //! - `state`: `state.json` as the sidecar stores it today; `view`: the admin read model.
 
@@ -10,6 +11,11 @@ pub mod machine;
 mod promote;
 mod protocol;
 mod switchover;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod sim_tests;
 
 pub mod state;
 pub mod view;
