@@ -328,8 +328,13 @@ impl Node {
         out.push(Command::ServeRelay { leader: Some((node, term)) });
     }
 
+    /// Forgets the leader, also in the role a probing promotion would go back to.
     fn on_leader_lost(&mut self, node: &NodeId) {
-        if let NodeRole::Follower { leader, .. } = &mut self.role {
+        let role = match &mut self.role {
+            NodeRole::Promoting(promotion) => promotion.before.as_mut(),
+            role => role,
+        };
+        if let NodeRole::Follower { leader, .. } = role {
             if leader.as_ref() == Some(node) {
                 *leader = None;
             }

@@ -509,3 +509,23 @@ fn requests_during_a_promotion_are_busy() {
     let busy = step(&mut b, Event::PromoteRequested { id: 8, force: false });
     assert_eq!(busy, [Answer { id: 8, response: Response::Promote(Err(PromoteRefused::Busy)) }]);
 }
+
+#[test]
+fn a_refused_promotion_returns_to_the_follower_it_was_without_a_lost_leader() {
+    let mut b = follower_b(&["a", "c"]);
+    step(&mut b, Event::PromoteRequested { id: 7, force: false });
+    assert_eq!(step(&mut b, Event::LeaderLost { node: "a".into() }), []);
+    step(&mut b, Event::ProbesAnswered(vec![unreachable("a"), follower("c", 1, id(1, 12))]));
+    assert_eq!(b.role(), &NodeRole::Follower { leader: None, term: Term(1) });
+    assert_eq!(b.probe_answer().leader, None);
+}
+
+#[test]
+fn refusals_map_to_the_admin_api_status_codes() {
+    let alive = PromoteRefused::LeaderAlive { node: "a".into(), term: Term(1), seen_by: "c".into() };
+    assert_eq!(Response::Promote(Err(alive)).http_status(), 409);
+    let no_majority = PromoteRefused::NoMajority { reached: 1, needed: 2 };
+    assert_eq!(Response::Promote(Err(no_majority)).http_status(), 503);
+    assert_eq!(Response::Switchover(Err(SwitchoverRefused::UnknownNode)).http_status(), 400);
+    assert_eq!(Response::Fence { was_leader: false, term: Term(1) }.http_status(), 200);
+}

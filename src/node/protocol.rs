@@ -1,5 +1,24 @@
 //! What goes in and out of the machine: events, commands and the answers to operators.
-//! The sidecar produces the events and executes the commands (see `machine.rs`).
+//!
+//! # What the sidecar does with them
+//! - One task owns the `Node`; admin handlers, the relay, the follower and leader tasks send
+//!   it events on one channel. It executes each batch in order, each command finished before
+//!   the next, then publishes role and term (and `Node::probe_answer`) on a `watch` channel.
+//! - `Persist`: write-temp, fsync, rename, fsync-dir, before anything else of the batch.
+//! - The follower task (`Follow`) sends `LeaderAccepted` once the leader's handshake found its
+//!   last entry in the leader's log (`DivergenceFound` otherwise), and appends entries of a
+//!   term only once the published term is at least that term: a leader's higher term is thus
+//!   durable before its entries. `Follow` and `StopFollowing` end the previous task at once.
+//! - `HigherTermSeen` comes from: a follower's hello with a higher term (on a leader), a relay
+//!   answering "not leader; the leader is X at term T", and a periodic look at the peers'
+//!   probe answers (so a leader cut off by a partition learns of a new term when it heals).
+//! - `ProbePeers` and `ClaimTerm` ask every peer concurrently with a short timeout and always
+//!   answer with one entry per peer (`None` / `Vote::Unreachable` when it did not answer); the
+//!   peer answers a claim with the `AnswerClaim` its own machine returns.
+//! - `LeaseLost` / `LeaseRenewed`: with the built-in lease, the leader's view of a majority of
+//!   the cluster (itself included) acknowledging within `lease_timeout`; an external store
+//!   (etcd) would send the same two events.
+//! - `Tick` about every 100 ms, with the time since start (used by switchover deadlines).
 
 use std::time::Duration;
 
