@@ -246,10 +246,10 @@ impl Sim {
             }
             Action::Write(i) => self.write(i % n),
             Action::Promote { node, force } => self.request(node % n, |id| Event::PromoteRequested { id, force }),
-            Action::Fence(node) => self.request(node % n, |id| Event::FenceRequested { id }),
+            Action::Fence(node) => self.request(self.pick(node), |id| Event::FenceRequested { id }),
             Action::Switchover { node, to } => {
                 let to = self.names[to % n].clone();
-                self.request(node % n, |id| Event::SwitchoverRequested { id, to });
+                self.request(self.pick(node), |id| Event::SwitchoverRequested { id, to });
             }
             Action::Crash(i) => self.crash(i % n),
             Action::Restart(i) => self.restart(i % n),
@@ -261,12 +261,21 @@ impl Sim {
                     self.post(i, Event::Tick { now: self.now });
                 }
             }
-            Action::LeaseLost(i) => self.post(i % n, Event::LeaseLost),
+            Action::LeaseLost(i) => self.post(self.pick(i), Event::LeaseLost),
             Action::LeaseRenewed(i) => self.post(i % n, Event::LeaseRenewed),
             Action::Gossip(i) => self.gossip(i % n),
         }
         self.drain();
         self.check();
+    }
+
+    /// Node `i`, or for `i` past the last node, a node that leads (requests meant for leaders).
+    fn pick(&self, i: usize) -> usize {
+        let leading = (0..self.len()).find(|j| self.nodes[*j].leading.is_some());
+        match leading {
+            Some(leader) if i >= self.len() => leader,
+            _ => i % self.len(),
+        }
     }
 
     fn request(&mut self, i: usize, event: impl FnOnce(RequestId) -> Event) {
