@@ -240,14 +240,14 @@ impl Node {
         out.extend([Command::MakeReadOnly, Command::ServeRelay { leader: None }]);
         let term = self.hard.term;
         match self.hard.role.clone() {
-            RoleKind::Leader => self.begin_resume(NodeRole::Fenced { reason: FenceReason::Superseded }, out),
+            RoleKind::Leader => self.begin_resume(out),
             RoleKind::Follower => {
                 self.role = NodeRole::Follower { leader: None, term };
                 out.push(Command::Follow { leader: None, term });
             }
             RoleKind::Fenced { reason } => {
                 self.role = NodeRole::Fenced { reason };
-                out.push(Command::Follow { leader: None, term: Term(term.0 + 1) });
+                out.push(Command::Follow { leader: None, term: self.fenced_follow_term(reason) });
             }
             RoleKind::Divergent { branch_point } => {
                 self.role = NodeRole::Divergent { branch_point };
@@ -362,14 +362,22 @@ impl Node {
         out.push(Command::Answer { id, response: Response::Fence { was_leader, term: self.hard.term } });
     }
 
-    /// Fenced: not serving as leader, following only a higher term than this one. The caller
+    /// Fenced: not serving as leader, following only a leader it may follow. The caller
     /// made PostgreSQL read-only already (`leave_role`), or it never was writable.
     pub(super) fn fence(&mut self, reason: FenceReason, out: &mut Vec<Command>) {
         self.hard.role = RoleKind::Fenced { reason };
         self.role = NodeRole::Fenced { reason };
-        let next = Term(self.hard.term.0 + 1);
         out.push(Command::ServeRelay { leader: None });
-        out.push(Command::Follow { leader: None, term: next });
+        out.push(Command::Follow { leader: None, term: self.fenced_follow_term(reason) });
+    }
+
+    /// The lowest term a fenced node follows: a higher one than it led, or, superseded, the
+    /// term it adopted (which it never led).
+    fn fenced_follow_term(&self, reason: FenceReason) -> Term {
+        match reason {
+            FenceReason::Superseded => self.hard.term,
+            FenceReason::Operator | FenceReason::LeaseLost => Term(self.hard.term.0 + 1),
+        }
     }
 
     fn on_lease_lost(&mut self, out: &mut Vec<Command>) {
@@ -383,8 +391,7 @@ impl Node {
     fn on_lease_renewed(&mut self, out: &mut Vec<Command>) {
         self.lease_held = true;
         if self.role == (NodeRole::Fenced { reason: FenceReason::LeaseLost }) {
-            let before = self.role.clone();
-            self.begin_resume(before, out);
+            self.begin_resume(out);
         }
     }
 

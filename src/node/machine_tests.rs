@@ -529,3 +529,21 @@ fn refusals_map_to_the_admin_api_status_codes() {
     assert_eq!(Response::Switchover(Err(SwitchoverRefused::UnknownNode)).http_status(), 400);
     assert_eq!(Response::Fence { was_leader: false, term: Term(1) }.http_status(), 200);
 }
+
+#[test]
+fn a_stale_leader_of_an_older_term_does_not_block_a_promotion() {
+    let mut b = follower_b(&["a", "c"]);
+    step(&mut b, Event::HigherTermSeen { term: Term(2), leader: None });
+    step(&mut b, Event::PromoteRequested { id: 7, force: false });
+    let answers = vec![answer("a", 1, RoleKind::Leader, id(1, 10), None), follower("c", 2, id(1, 10))];
+    let claimed = step(&mut b, Event::ProbesAnswered(answers));
+    assert!(matches!(&claimed[2], ClaimTerm(Claim { term: Term(3), .. })), "{claimed:?}");
+}
+
+#[test]
+fn a_superseded_node_restarts_following_the_term_it_adopted() {
+    let fenced = hard(2, RoleKind::Fenced { reason: FenceReason::Superseded }, None);
+    let mut a = Node::new(config("a", &["b", "c"], false), fenced);
+    let started = step(&mut a, Event::Start { last: Some(id(1, 20)), applied: None });
+    assert_eq!(started.last(), Some(&Follow { leader: None, term: Term(2) }));
+}

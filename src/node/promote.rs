@@ -2,7 +2,8 @@
 //!
 //! # The rules
 //! - **Probe** (no effect on the peers). Unless forced, refuse when a reachable peer is a
-//!   leader or is connected to one (409 `LeaderAlive`: use switchover), when a reachable peer's
+//!   leader or is connected to one, at this node's term or a higher one (409 `LeaderAlive`:
+//!   use switchover; a leader of an older term is stale and does not count), when a reachable peer's
 //!   last entry is ahead of this node's (409 `PeerAhead`, the most advanced one), or when fewer
 //!   than a majority of the cluster (this node included) answered (503 `NoMajority`, checked
 //!   here so that a claim that cannot win disturbs nobody). Forced, the peers ahead are listed
@@ -54,9 +55,9 @@ impl Node {
         out.push(Command::ProbePeers);
     }
 
-    /// A leader probes before it leads again; `before` is the role should it not.
-    pub(super) fn begin_resume(&mut self, before: NodeRole, out: &mut Vec<Command>) {
-        let before = Box::new(before);
+    /// A leader probes before it leads again (after a restart, or when its lease came back).
+    pub(super) fn begin_resume(&mut self, out: &mut Vec<Command>) {
+        let before = Box::new(self.role.clone());
         self.role = NodeRole::Promoting(Promotion { request: PromoteRequest::Resume, phase: Phase::Probing, before });
         out.push(Command::ProbePeers);
     }
@@ -85,7 +86,7 @@ impl Node {
 
     /// The unforced probe's refusals, in the order an operator should act on them.
     fn probe_verdict(&self, reached: &[(NodeId, PeerState)], lost: &[(NodeId, EntryId)]) -> Result<(), PromoteRefused> {
-        for (node, state) in reached {
+        for (node, state) in reached.iter().filter(|(_, s)| s.term >= self.hard.term) {
             if state.role == RoleKind::Leader {
                 return Err(PromoteRefused::LeaderAlive {
                     node: node.clone(),

@@ -7,7 +7,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::machine::NodeRole;
+use super::machine::{FenceReason, NodeRole};
 use super::sim::{Action, Sim};
 use crate::lsn::Term;
 
@@ -74,6 +74,26 @@ fn an_old_leader_that_wrote_alone_comes_back_divergent() {
     assert_eq!(role(&sim, 0), NodeRole::Divergent { branch_point: crate::lsn::Index(3) });
     assert_eq!(sim.stats.divergent, 1);
     assert_eq!(sim.machine(0).and_then(|m| m.leading()), None);
+}
+
+#[test]
+fn a_superseded_old_leader_finds_its_new_leader_again_after_a_restart() {
+    let mut sim = Sim::new(3, false);
+    settle(&mut sim);
+    writes(&mut sim, 0, 3);
+    settle(&mut sim);
+    sim.act(Action::Cut(0, 1));
+    sim.act(Action::Cut(0, 2));
+    sim.act(Action::Promote { node: 1, force: false });
+    settle(&mut sim);
+    sim.act(Action::Heal);
+    sim.act(Action::Gossip(0));
+    assert_eq!(role(&sim, 0), NodeRole::Fenced { reason: FenceReason::Superseded });
+    sim.act(Action::Crash(0));
+    sim.act(Action::Restart(0));
+    settle(&mut sim);
+    assert!(follows(&sim, 0, "n1", 2), "{:?}", role(&sim, 0));
+    assert_eq!(sim.log(0), sim.log(1));
 }
 
 #[test]
