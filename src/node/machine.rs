@@ -341,9 +341,18 @@ impl Node {
         }
     }
 
+    /// The follower task found this node's log diverged: also while a promotion probes (the
+    /// task still runs then), which the divergence refuses.
     fn on_divergence(&mut self, branch_point: Index, out: &mut Vec<Command>) {
-        if !matches!(self.role, NodeRole::Follower { .. } | NodeRole::Fenced { .. }) {
-            return;
+        match &self.role {
+            NodeRole::Follower { .. } | NodeRole::Fenced { .. } => {}
+            NodeRole::Promoting(Promotion { request, phase: Phase::Probing, .. }) => {
+                if let PromoteRequest::Operator { id, .. } = request {
+                    let refused = PromoteRefused::Divergent { branch_point };
+                    out.push(Command::Answer { id: *id, response: Response::Promote(Err(refused)) });
+                }
+            }
+            _ => return,
         }
         self.hard.role = RoleKind::Divergent { branch_point };
         self.role = NodeRole::Divergent { branch_point };

@@ -547,3 +547,16 @@ fn a_superseded_node_restarts_following_the_term_it_adopted() {
     let started = step(&mut a, Event::Start { last: Some(id(1, 20)), applied: None });
     assert_eq!(started.last(), Some(&Follow { leader: None, term: Term(2) }));
 }
+
+#[test]
+fn a_divergence_found_while_a_promotion_probes_refuses_it() {
+    // Found by the simulation: ignored, it left a follower whose follower task had ended.
+    let mut b = follower_b(&["a", "c"]);
+    step(&mut b, Event::PromoteRequested { id: 7, force: false });
+    let diverged = step(&mut b, Event::DivergenceFound { branch_point: Index(9) });
+    let refused =
+        Answer { id: 7, response: Response::Promote(Err(PromoteRefused::Divergent { branch_point: Index(9) })) };
+    let divergent = hard(1, RoleKind::Divergent { branch_point: Index(9) }, None);
+    assert_eq!(diverged, [Persist(divergent), refused, StopFollowing, WriteDivergenceReport { after: Index(9) }]);
+    assert_eq!(step(&mut b, Event::ProbesAnswered(vec![unreachable("a"), unreachable("c")])), []);
+}

@@ -278,6 +278,54 @@ impl Sim {
         }
     }
 
+    /// Heals the network, restarts every node, renews the leases, lets switchovers time out and
+    /// every node look at its peers, then delivers messages in order until none is left.
+    pub fn recover(&mut self) {
+        self.act(Action::Heal);
+        for i in 0..self.len() {
+            self.act(Action::Restart(i));
+            self.act(Action::LeaseRenewed(i));
+        }
+        for _ in 0..=TIMEOUT.as_secs() {
+            self.act(Action::Tick);
+        }
+        for i in 0..self.len() {
+            self.act(Action::Gossip(i));
+        }
+        for _ in 0..2000 {
+            if self.net.is_empty() {
+                break;
+            }
+            self.act(Action::Deliver(0));
+        }
+    }
+
+    /// Once recovered: a writable leader of the highest term (not a forced one) has every other
+    /// node following it, except divergent nodes and nodes fenced at its term (a candidate of
+    /// that term that the operator fenced follows only a later one).
+    pub fn check_followed(&self) {
+        let Some(l) = (0..self.len()).find(|i| self.nodes[*i].writable) else { return };
+        let term = self.nodes[l].disk.term;
+        if self.nodes.iter().any(|n| n.disk.term > term) || self.unsafe_terms.contains(&term) {
+            return;
+        }
+        for (i, node) in self.nodes.iter().enumerate().filter(|(i, _)| *i != l) {
+            let ok = match (node.machine.as_ref().map(Node::role), &node.disk.role) {
+                (Some(NodeRole::Follower { leader: Some(x), term: t }), _) => *x == self.names[l] && *t == term,
+                (Some(NodeRole::Divergent { .. }), _) => true,
+                (Some(NodeRole::Fenced { .. }), _) => node.disk.term == term,
+                _ => false,
+            };
+            assert!(
+                ok,
+                "{} does not follow {} at term {term}: {:?}",
+                self.names[i],
+                self.names[l],
+                self.machine(i).map(Node::role)
+            );
+        }
+    }
+
     fn request(&mut self, i: usize, event: impl FnOnce(RequestId) -> Event) {
         let id = self.next_id;
         self.next_id += 1;

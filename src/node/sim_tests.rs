@@ -164,6 +164,8 @@ proptest! {
         for action in actions {
             sim.act(action);
         }
+        sim.recover();
+        sim.check_followed();
     }
 }
 
