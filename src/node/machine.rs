@@ -319,25 +319,35 @@ impl Node {
     }
 
     fn on_leader_accepted(&mut self, node: NodeId, term: Term, out: &mut Vec<Command>) {
-        if term < self.hard.term || !matches!(self.role, NodeRole::Follower { .. } | NodeRole::Fenced { .. }) {
+        let follows = matches!(self.following_role(), NodeRole::Follower { .. } | NodeRole::Fenced { .. });
+        if term < self.hard.term || !follows {
             return;
         }
         self.adopt(term);
         self.hard.role = RoleKind::Follower;
-        self.role = NodeRole::Follower { leader: Some(node.clone()), term };
+        *self.following_role() = NodeRole::Follower { leader: Some(node.clone()), term };
         out.push(Command::ServeRelay { leader: Some((node, term)) });
     }
 
-    /// Forgets the leader, also in the role a probing promotion would go back to.
+    /// Forgets the leader the follower task lost.
     fn on_leader_lost(&mut self, node: &NodeId) {
-        let role = match &mut self.role {
-            NodeRole::Promoting(promotion) => promotion.before.as_mut(),
-            role => role,
-        };
-        if let NodeRole::Follower { leader, .. } = role {
+        if let NodeRole::Follower { leader, .. } = self.following_role() {
             if leader.as_ref() == Some(node) {
                 *leader = None;
             }
+        }
+    }
+
+    /// The role the follower task's events update: while a promotion probes (the task still
+    /// runs then), the role that a refused probe goes back to.
+    fn following_role(&mut self) -> &mut NodeRole {
+        match &mut self.role {
+            NodeRole::Promoting(Promotion {
+                phase: Phase::Probing,
+                request: PromoteRequest::Operator { .. },
+                before,
+            }) => before.as_mut(),
+            role => role,
         }
     }
 

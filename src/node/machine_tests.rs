@@ -560,3 +560,14 @@ fn a_divergence_found_while_a_promotion_probes_refuses_it() {
     assert_eq!(diverged, [Persist(divergent), refused, StopFollowing, WriteDivergenceReport { after: Index(9) }]);
     assert_eq!(step(&mut b, Event::ProbesAnswered(vec![unreachable("a"), unreachable("c")])), []);
 }
+
+#[test]
+fn the_follower_task_reports_while_a_promotion_probes_update_the_role_it_returns_to() {
+    let mut b = follower_b(&["a", "c"]);
+    step(&mut b, Event::PromoteRequested { id: 7, force: false });
+    step(&mut b, Event::LeaderLost { node: "a".into() });
+    let accepted = step(&mut b, Event::LeaderAccepted { node: "c".into(), term: Term(2) });
+    assert_eq!(accepted, [Persist(hard(2, RoleKind::Follower, None)), ServeRelay { leader: leader("c", 2) }]);
+    step(&mut b, Event::ProbesAnswered(vec![unreachable("a"), answer("c", 2, RoleKind::Leader, id(2, 11), None)]));
+    assert_eq!(b.role(), &NodeRole::Follower { leader: Some("c".into()), term: Term(2) });
+}
