@@ -159,6 +159,18 @@ impl Node {
         &self.followers
     }
 
+    /// The highest index that at least `quorum` connected followers flushed (semi-sync mode's
+    /// commit point with `quorum = sync_quorum`); `None` when fewer are connected.
+    pub fn flushed_by(&self, quorum: usize) -> Option<Index> {
+        let mut flushed: Vec<Option<Index>> =
+            self.followers.values().filter(|p| p.connected).map(|p| p.flushed).collect();
+        flushed.sort_unstable_by(|a, b| b.cmp(a));
+        match quorum {
+            0 => self.last.map(|id| id.index),
+            k => flushed.get(k - 1).copied().flatten(),
+        }
+    }
+
     /// Whether this node leads, writable, at a term.
     pub fn leading(&self) -> Option<Term> {
         match self.role {

@@ -571,3 +571,15 @@ fn the_follower_task_reports_while_a_promotion_probes_update_the_role_it_returns
     step(&mut b, Event::ProbesAnswered(vec![unreachable("a"), answer("c", 2, RoleKind::Leader, id(2, 11), None)]));
     assert_eq!(b.role(), &NodeRole::Follower { leader: Some("c".into()), term: Term(2) });
 }
+
+#[test]
+fn the_leader_knows_what_a_quorum_of_connected_followers_flushed() {
+    let mut a = leader_a(false);
+    step(&mut a, Event::FollowerAcked { node: "b".into(), flushed: Some(Index(19)), applied: Some(Index(17)) });
+    assert_eq!(a.flushed_by(1), Some(Index(19)));
+    assert_eq!(a.flushed_by(2), Some(Index(15)));
+    assert_eq!(a.flushed_by(3), None);
+    step(&mut a, Event::FollowerLeft { node: "b".into() });
+    assert_eq!(a.flushed_by(1), Some(Index(15)));
+    assert_eq!(a.flushed_by(0), Some(Index(20)));
+}
