@@ -31,10 +31,11 @@ use futures_util::{pin_mut, TryStreamExt};
 use crate::error::ErrorClass;
 use crate::fsutil::AtomicFile;
 use crate::inspect::{EntryPrinter, InspectError, Printed};
+use crate::log::committer::Output;
 use crate::log::entry::{EntryHeader, EntryKind};
 use crate::log::{LogError, LogReader, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
-use crate::source::builder::{BuildError, EntryBuilder, Output, DEFAULT_SPILL_BYTES};
+use crate::source::builder::{BuildError, EntryBuilder, DEFAULT_SPILL_BYTES};
 
 /// Peeks the slot's pending changes in pgoutput form; `quote_ident` because pgoutput reads
 /// `publication_names` as a list of identifiers.

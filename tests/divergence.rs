@@ -11,9 +11,10 @@ use serde_json::Value;
 use walship::divergence::{report_path, write_report, Divergence, DivergenceError, ReportSummary};
 use walship::error::ErrorClass;
 use walship::localpg::{Instance, Options};
+use walship::log::committer::Output;
 use walship::log::{Log, LogOptions, RecordKind};
 use walship::lsn::{Index, Lsn, Term};
-use walship::source::builder::{EntryBuilder, Output};
+use walship::source::builder::EntryBuilder;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
     CREATE TABLE blobs (k text PRIMARY KEY, v bytea);
@@ -217,7 +218,7 @@ async fn the_report_holds_the_log_after_the_branch_point_and_what_only_the_wal_h
     // Peeking consumed nothing: the slot did not move and a second report says the same, on
     // the fenced database a divergent node has.
     assert_eq!(old.confirmed_flush(), confirmed);
-    walship::fence::fence(&mut old.client).await.unwrap();
+    walship::fence::fence(&old.client).await.unwrap();
     let (again, report_again) = old.report(TERM, Some(Index(3)), "second.jsonl").await;
     assert_eq!(report_again, report);
     assert_eq!((again.log_entries, again.wal_transactions, again.rows), (3, 3, 56));
