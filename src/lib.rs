@@ -22,6 +22,7 @@ pub mod node;
 pub mod pgoutput;
 pub mod relay;
 pub mod seed;
+pub mod sequences;
 pub mod sidecar;
 pub mod source;
 pub mod sql;

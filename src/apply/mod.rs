@@ -72,12 +72,14 @@ mod txn;
 
 use std::sync::Arc;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, warn};
 
 use crate::log::entry::{self, EntryKind};
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index};
+use crate::sequences::{Shipment, SEQUENCES_PREFIX};
 use check::{Check, Op, Pipeline};
 use error::pg;
 use run::Runs;
@@ -110,6 +112,11 @@ pub struct RowsSent {
 /// statement (a row found by its key, or a batch of keys joined with the table through its
 /// unique index) and save planning at each execution; a custom plan for a large batch could
 /// scan the whole table instead.
+/// Sets a shipped sequence (see [`crate::sequences`]); no row when the sequence is missing.
+const SETVAL: &str = "SELECT pg_catalog.setval(c.oid, $3::pg_catalog.int8, true) FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'";
+
 pub(crate) const SESSION_SETUP: &str = "SET session_replication_role = replica; \
      SET plan_cache_mode = force_generic_plan; \
      SET default_transaction_read_only = off; \
@@ -125,6 +132,9 @@ pub struct Applier {
     begin: Statement,
     commit: Statement,
     progress: Statement,
+    /// `setval` of a sequence shipped by the leader, by schema and name; a sequence this
+    /// database lacks is skipped.
+    setval: Statement,
     tables: Tables,
     pipeline: Pipeline,
     /// The changes being gathered per table, and their bulk batches (see `run`).
@@ -153,11 +163,14 @@ impl Applier {
         let begin = client.prepare("BEGIN").await.map_err(pg("prepare BEGIN"))?;
         let commit = client.prepare("COMMIT").await.map_err(pg("prepare COMMIT"))?;
         let progress = client.prepare(progress::UPSERT).await.map_err(pg("prepare the progress update"))?;
+        let setval =
+            client.prepare_typed(SETVAL, &[Type::TEXT, Type::TEXT, Type::TEXT]).await.map_err(pg("prepare setval"))?;
         let mut applier = Applier {
             client: Arc::new(client),
             begin,
             commit,
             progress,
+            setval,
             tables: Tables::default(),
             pipeline: Pipeline::default(),
             runs: Runs::default(),
@@ -300,10 +313,32 @@ impl Applier {
         }
         let (header, items) = entry::decode_entry(&record.payload)
             .map_err(|e| ApplyError::Malformed { entry: id, reason: e.to_string() })?;
-        if header.kind == EntryKind::Transaction {
-            self.apply_items(id, &record.payload, items).await?;
+        match header.kind {
+            EntryKind::Transaction => self.apply_items(id, &record.payload, items).await?,
+            EntryKind::Message => self.apply_standalone_message(id, items).await?,
+            EntryKind::Heartbeat => {}
         }
         self.txn.entry_applied(AppliedPosition { id, end_lsn: header.end_lsn, commit_time: header.commit_time });
+        Ok(())
+    }
+
+    /// A standalone logical message: walship's sequence shipments are applied (`setval`, which
+    /// PostgreSQL never rolls back: applying one twice is harmless); others are only logged.
+    async fn apply_standalone_message(&mut self, id: EntryId, items: entry::Items<'_>) -> Result<(), ApplyError> {
+        for item in items {
+            let item = item.map_err(|e| ApplyError::Malformed { entry: id, reason: e.to_string() })?;
+            let message = crate::pgoutput::decode(item)
+                .map_err(|e| ApplyError::Malformed { entry: id, reason: e.to_string() })?;
+            let crate::pgoutput::Message::Message { prefix: SEQUENCES_PREFIX, content, .. } = message else { continue };
+            let shipment = Shipment::decode(content)
+                .map_err(|e| ApplyError::Malformed { entry: id, reason: format!("sequences: {e}") })?;
+            for seq in shipment.sequences {
+                let params = vec![seq.schema, seq.name, seq.value.to_string()];
+                let check = Check::Statement { entry: Some(id), what: "set a sequence" };
+                let op = Op::execute(&self.client, self.setval.clone(), params, check);
+                self.pipeline.push(op).await?;
+            }
+        }
         Ok(())
     }
 

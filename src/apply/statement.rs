@@ -185,11 +185,19 @@ pub(super) fn truncate_sql(tables: &[&str], options: u8) -> String {
     sql
 }
 
-/// `INSERT INTO "s"."t" ("a", "b") VALUES ($1, $2)`: one row, parameters typed as the columns.
+/// `INSERT INTO "s"."t" ("a", "b") OVERRIDING SYSTEM VALUE VALUES ($1, $2)`: one row,
+/// parameters typed as the columns. `OVERRIDING SYSTEM VALUE` lets the leader's values into
+/// `GENERATED ALWAYS AS IDENTITY` columns (COPY takes them as they are) and changes nothing
+/// for other tables.
 pub(super) fn insert_sql(meta: &TableMeta) -> (String, Vec<Type>) {
     let columns: Vec<&str> = meta.columns.iter().map(|c| c.ident.as_str()).collect();
     let params: Vec<String> = (1..=columns.len()).map(|n| format!("${n}")).collect();
-    let sql = format!("INSERT INTO {} ({}) VALUES ({})", meta.sql_name, columns.join(", "), params.join(", "));
+    let sql = format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+        meta.sql_name,
+        columns.join(", "),
+        params.join(", ")
+    );
     (sql, meta.columns.iter().map(|c| type_of(c.type_oid)).collect())
 }
 

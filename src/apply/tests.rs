@@ -254,6 +254,6 @@ fn a_change_goes_set_based_only_when_it_compares_every_column_of_a_unique_index(
 #[test]
 fn one_row_inserts_name_every_column() {
     let (sql, types) = insert_sql(&meta(false));
-    assert_eq!(sql, r#"INSERT INTO "s"."t x" ("id", "doc", "n") VALUES ($1, $2, $3)"#);
+    assert_eq!(sql, r#"INSERT INTO "s"."t x" ("id", "doc", "n") OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3)"#);
     assert_eq!(types.iter().map(|t| t.oid()).collect::<Vec<_>>(), vec![23, 114, 23]);
 }

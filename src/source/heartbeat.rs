@@ -4,6 +4,9 @@
 //! (`pg_logical_emit_message(false, 'walship.heartbeat', '<node> <term> <unix micros>')`). It
 //! travels the same path as the data, so positions keep moving and lag stays measurable while
 //! the database is idle.
+//!
+//! After each heartbeat it also ships the sequences that moved ([`crate::sequences`]): pgoutput
+//! carries none, and a promoted follower must not hand out ids the old leader used.
 
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use tracing::{debug, warn};
 use crate::log::entry::HEARTBEAT_PREFIX;
 use crate::lsn::unix_micros_now;
 use crate::lsn::Term;
+use crate::sequences::{self, Observed, Shipper, SEQUENCES_PREFIX};
 use crate::source::builder::heartbeat_content;
 
 /// How much WAL the leader's slot holds back (Prometheus gauge), sampled every
@@ -32,6 +36,8 @@ pub async fn run(
     let mut last_sample: Option<tokio::time::Instant> = None;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut failing = false;
+    let mut shipper = Shipper::default();
+    let mut last_look = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -39,7 +45,16 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let beaten = beat(&pg, &mut client, &node, term).await;
+        let mut beaten = beat(&pg, &mut client, &node, term).await;
+        if let (Ok(()), Some(c)) = (&beaten, client.as_ref()) {
+            let elapsed = last_look.elapsed();
+            last_look = tokio::time::Instant::now();
+            beaten = ship_sequences(c, &mut shipper, elapsed).await;
+            if beaten.is_err() {
+                // Ship everything again once the connection is back.
+                shipper = Shipper::default();
+            }
+        }
         if let (Ok(()), Some(c)) = (&beaten, client.as_ref()) {
             if last_sample.is_none_or(|t| t.elapsed() >= SLOT_SAMPLE_INTERVAL) {
                 sample_slot(c, &slot).await;
@@ -75,6 +90,37 @@ async fn beat(
     };
     let content = heartbeat_content(node, term, unix_micros_now());
     c.execute("SELECT pg_logical_emit_message(false, $1, $2)", &[&HEARTBEAT_PREFIX, &content]).await?;
+    Ok(())
+}
+
+/// Emits the sequences that moved, as [`crate::sequences`] rules, through the WAL.
+async fn ship_sequences(
+    client: &tokio_postgres::Client,
+    shipper: &mut Shipper,
+    elapsed: std::time::Duration,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client.query(sequences::LEADER_SEQUENCES, &[]).await?;
+    let observed = rows
+        .iter()
+        .map(|r| {
+            Ok(Observed {
+                schema: r.try_get(0)?,
+                name: r.try_get(1)?,
+                last_value: r.try_get(2)?,
+                increment: r.try_get(3)?,
+                min_value: r.try_get(4)?,
+                max_value: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    let Some(shipment) = shipper.look(&observed, elapsed) else { return Ok(()) };
+    match shipment.encode() {
+        Ok(content) => {
+            client.execute("SELECT pg_logical_emit_message(false, $1, $2)", &[&SEQUENCES_PREFIX, &content]).await?;
+            debug!(sequences = shipment.sequences.len(), "sequences shipped");
+        }
+        Err(e) => warn!(error = %e, "cannot encode the sequences to ship"),
+    }
     Ok(())
 }
 
