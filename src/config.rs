@@ -59,6 +59,9 @@ pub struct Config {
     pub sync_timeout: Duration,
     pub source: SourceSettings,
     pub log: LogSettings,
+    /// `relay.timeout`: how long either side of a relay connection waits without hearing
+    /// from the other before it closes the connection.
+    pub relay_timeout: Duration,
 }
 
 /// How long a commit waits for followers before a non-strict leader degrades to async.
@@ -107,6 +110,14 @@ struct RawConfig {
     source: RawSource,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    relay: RawRelay,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +218,13 @@ impl Config {
             peers.push(Peer { node: p.node, relay: p.relay, admin: p.admin });
         }
         let source = source_settings(&raw.node, raw.source).map_err(|(k, r)| invalid(k, r))?;
+        let relay_timeout = match raw.relay.timeout {
+            None => crate::relay::DEFAULT_RELAY_TIMEOUT,
+            Some(text) => parse_duration(&text).map_err(|r| invalid("relay.timeout", r))?,
+        };
+        if relay_timeout < 2 * crate::relay::ACK_INTERVAL {
+            return Err(invalid("relay.timeout", "must be at least 2s (followers acknowledge every second)".into()));
+        }
         let log = LogSettings {
             segment_bytes: raw.log.segment_bytes.unwrap_or(64 << 20).max(1 << 16),
             retain_max_bytes: raw.log.retain_max_bytes.unwrap_or(DEFAULT_RETAIN_MAX_BYTES),
@@ -228,6 +246,7 @@ impl Config {
             sync_timeout,
             source,
             log,
+            relay_timeout,
         })
     }
 
@@ -350,6 +369,7 @@ sync_timeout = "10s"
             ("node = \"b\"", "node = \"a\"", "peers.node"),
             ("listen = \"0.0.0.0:7400\"", "listen = \"nowhere\"", "listen"),
             ("sync_timeout = \"10s\"", "sync_timeout = \"soon\"", "replication.sync_timeout"),
+            ("[replication]", "[relay]\ntimeout = \"500ms\"\n[replication]", "relay.timeout"),
             ("sync_timeout = \"10s\"", "sync_timeout = \"0s\"", "replication.sync_timeout"),
             ("mode = \"async\"\nsync_quorum = 1", "mode = \"semi-sync\"\nsync_quorum = 2", "replication.sync_quorum"),
         ];

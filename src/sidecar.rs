@@ -145,6 +145,7 @@ async fn start_relay(
         durable: view.durable.clone(),
         postgres: config.postgres.clone(),
         publication: config.source.publication.clone(),
+        timeout: config.relay_timeout,
     });
     tasks.spawn(relay::server::serve(listener, server, shutdown.child_token()));
     let cap = config.log.retain_max_bytes;

@@ -349,3 +349,48 @@ fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
     b.stop();
     leader.stop();
 }
+
+/// Whether the leader's `/status` shows `follower` connected.
+fn connected(leader: &Sidecar, follower: &str) -> Option<bool> {
+    let (code, body) = support::http_get(leader.admin_port, "/status").ok()?;
+    let status: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+    let followers = status["followers"].as_array()?;
+    followers.iter().find(|f| f["node"] == follower).and_then(|f| f["connected"].as_bool())
+}
+
+#[test]
+fn a_follower_that_goes_silent_shows_disconnected_within_the_relay_timeout_and_catches_up_after() {
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = "[relay]\ntimeout = \"2s\"\n";
+    let mut leader = Sidecar::leader(
+        &dir.path().join("a"),
+        "a",
+        &leader_pg,
+        &format!("{timeout}[source]\nheartbeat_interval = \"200ms\"\n"),
+    );
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], timeout);
+    leader.add_peer(&b);
+    leader.start();
+    wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(&leader_pg) > Lsn::ZERO);
+    b.start();
+    leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'n' FROM generate_series(1, 100) g").unwrap();
+    wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));
+    wait_until(Duration::from_secs(10), "b connected", || connected(&leader, "b") == Some(true));
+
+    // The follower's host stops answering without closing its socket (a stopped process
+    // keeps it open, as a dead host or a black-holed network does).
+    support::signal(b.pid(), "STOP");
+    let silent_since = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), "the leader to see b gone", || connected(&leader, "b") == Some(false));
+    let noticed = silent_since.elapsed();
+    assert!(noticed < Duration::from_secs(5), "noticed after {noticed:?} with a 2 s timeout");
+    leader_pg.psql("postgres", "UPDATE accounts SET balance = 7 WHERE id <= 50").unwrap();
+
+    support::signal(b.pid(), "CONT");
+    wait_until(Duration::from_secs(30), "b back and caught up", || {
+        connected(&leader, "b") == Some(true) && same_rows(&leader_pg, &follower_pg)
+    });
+    b.stop();
+    leader.stop();
+}

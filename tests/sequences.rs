@@ -32,6 +32,11 @@ fn a_follower_holds_every_sequence_ahead_of_the_leader_and_never_repeats_an_id_a
     let dir = tempfile::tempdir().unwrap();
     let (mut leader, mut follower) = Sidecar::pair(dir.path(), &leader_pg, &follower_pg);
     leader.start();
+    // Rows committed before the leader's slot exists are not replicated (a seeded follower
+    // gets them with its snapshot; this one has its own copy of the schema only).
+    let slot =
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walship_a' AND confirmed_flush_lsn IS NOT NULL";
+    wait_until(Duration::from_secs(30), "the leader's slot", || leader_pg.psql("postgres", slot).unwrap() == "1");
     follower.start();
 
     // A load that takes ids from a serial and an identity column, and two other sequences.
@@ -58,17 +63,17 @@ fn a_follower_holds_every_sequence_ahead_of_the_leader_and_never_repeats_an_id_a
     let tickets_max = sequence_value(&leader_pg, "Odd schema", "tickets \"seq\"").unwrap();
     assert!(orders_max > 1000 && countdown_min < 0, "the load ran: {orders_max} {countdown_min}");
 
+    let tables = ["orders", "invoices"];
+    wait_until(Duration::from_secs(30), "the rows on the follower", || {
+        support::table_rows(&leader_pg, &tables) == support::table_rows(&follower_pg, &tables)
+    });
+
     // Every sequence reaches the follower, ahead of the leader in its own direction.
     wait_until(Duration::from_secs(30), "the sequences on the follower", || {
         sequence_value(&follower_pg, "public", "orders_id_seq").is_some_and(|v| v > orders_max)
             && sequence_value(&follower_pg, "public", "invoices_id_seq").is_some_and(|v| v > invoices_max)
             && sequence_value(&follower_pg, "public", "countdown").is_some_and(|v| v < countdown_min)
             && sequence_value(&follower_pg, "Odd schema", "tickets \"seq\"").is_some_and(|v| v > tickets_max)
-    });
-
-    let tables = ["orders", "invoices"];
-    wait_until(Duration::from_secs(30), "the rows on the follower", || {
-        support::table_rows(&leader_pg, &tables) == support::table_rows(&follower_pg, &tables)
     });
 
     // The leader dies mid-load: the last ids it handed out were never shipped on their own.

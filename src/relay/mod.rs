@@ -101,7 +101,14 @@
 //! Streaming: the leader sends `Record`s from the follower's next index on, and a
 //! `LeaderStatus` periodically and whenever it is idle, so a follower always learns where the
 //! leader's log ends. The follower sends `Ack`s with what it holds in memory, has fsynced and
-//! has applied; it never acknowledges an entry as flushed before it is fsynced.
+//! has applied; it never acknowledges an entry as flushed before it is fsynced, and sends one
+//! at least every [`ACK_INTERVAL`] even when nothing changed.
+//!
+//! Liveness: each side closes the connection when it has heard nothing from the other for the
+//! relay timeout (`relay.timeout`, [`DEFAULT_RELAY_TIMEOUT`]), or when a write to it does not
+//! complete in that time; the leader's statuses and the follower's acks keep a healthy link
+//! busy. TCP keepalive is on as well (see [`set_keepalive`]). A follower host that dies
+//! without closing its sockets therefore shows disconnected within the timeout.
 //!
 //! Seeding: a follower that set `seed` in its `Hello` sends `SeedRequest` as its first message.
 //! The leader answers `SeedBegin`, `SeedSchema`, then per table `SeedTable`, `SeedData`*,
@@ -143,10 +150,27 @@ pub use framed::{FrameReader, FrameWriter};
 pub use handshake::{Accepted, FollowerHandshake, LeaderHandshake, LogRange, Refused, Session, StreamStart};
 pub use message::{Ack, Challenge, Hello, LeaderStatus, Message, Refuse, RefuseCode, Welcome};
 
+use std::time::Duration;
+
 use crate::log::MAX_RECORD_BYTES;
 
 /// Version of this protocol, sent in `Challenge` and `Hello`.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// How long either side waits without hearing from the other (`relay.timeout` by default).
+pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A follower acknowledges at least this often, changed or not.
+pub const ACK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Turns TCP keepalive on for a relay socket, probing after a third of `timeout` idle, so the
+/// kernel also gives up on a peer that vanished. Best effort: a socket that refuses keeps the
+/// relay's own timeout.
+pub fn set_keepalive(stream: &tokio::net::TcpStream, timeout: Duration) {
+    let idle = (timeout / 3).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(idle).with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot turn on TCP keepalive");
+    }
+}
 /// Largest frame body accepted or sent, checked before a body is buffered.
 pub const MAX_FRAME_BYTES: usize = MAX_RECORD_BYTES + (4 << 10);
 /// A limit for frames from a peer that is not authenticated yet: handshake messages are small.

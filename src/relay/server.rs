@@ -65,6 +65,8 @@ pub enum ServeError {
     SeedBehind { lsn: Lsn },
     #[error("the log tail thread stopped")]
     TailGone,
+    #[error("heard nothing from the follower for {0:?} (relay.timeout)")]
+    Idle(Duration),
 }
 
 impl ServeError {
@@ -78,6 +80,7 @@ impl ServeError {
             ServeError::HandshakeTimeout
             | ServeError::Peer(_)
             | ServeError::TailGone
+            | ServeError::Idle(_)
             | ServeError::SeedBehind { .. } => ErrorClass::Retry,
             ServeError::Unexpected(_) | ServeError::Diverged { .. } => ErrorClass::Operator,
         }
@@ -97,6 +100,8 @@ pub struct RelayServer {
     /// The leader's PostgreSQL and publication, to export snapshots for new followers.
     pub postgres: tokio_postgres::Config,
     pub publication: String,
+    /// How long a follower may stay silent, or a write to it take (`relay.timeout`).
+    pub timeout: Duration,
 }
 
 /// Accepts followers until `cancel`; every connection's task is awaited before returning.
@@ -109,6 +114,7 @@ pub async fn serve(listener: TcpListener, server: Arc<RelayServer>, cancel: Canc
         };
         match accepted {
             Ok((stream, addr)) => {
+                crate::relay::set_keepalive(&stream, server.timeout);
                 let span = info_span!("relay", node = %server.node, peer = %addr, follower = tracing::field::Empty);
                 tasks.spawn(server.clone().handle(stream, addr, cancel.child_token()).instrument(span));
             }
@@ -276,13 +282,18 @@ impl RelayServer {
         let log_reader = self.log.lock().map_err(|_| LogError::Failed)?.reader(from)?;
         let (mut rx, tail) = crate::log::tail::spawn(log_reader, RELAY_QUEUE_BATCHES);
         let mut status = tokio::time::interval(LEADER_STATUS_INTERVAL);
+        let mut heard = tokio::time::Instant::now();
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
+                _ = tokio::time::sleep_until(heard + self.timeout) => break Err(ServeError::Idle(self.timeout)),
                 record = rx.recv() => match record {
                     Some(Ok(record)) => {
-                        if let Err(e) = self.send_records(writer, follower, record, &mut rx).await {
-                            break Err(e);
+                        let sent = self.send_records(writer, follower, record, &mut rx);
+                        match tokio::time::timeout(self.timeout, sent).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => break Err(e),
+                            Err(_) => break Err(ServeError::Idle(self.timeout)),
                         }
                     }
                     Some(Err(e)) => break Err(e.into()),
@@ -290,6 +301,7 @@ impl RelayServer {
                 },
                 message = reader.next() => match message {
                     Ok(Some(Message::Ack(ack))) => {
+                        heard = tokio::time::Instant::now();
                         self.followers.acked(follower, ack.received, ack.flushed, ack.applied, ack.applied_lsn)
                     }
                     Ok(Some(Message::Error { message })) => break Err(ServeError::Peer(message)),
@@ -298,8 +310,12 @@ impl RelayServer {
                     Err(e) => break Err(e.into()),
                 },
                 _ = status.tick() => {
-                    if let Err(e) = writer.send(&Message::LeaderStatus(self.status()?)).await {
-                        break Err(e.into());
+                    let message = Message::LeaderStatus(self.status()?);
+                    let sent = writer.send(&message);
+                    match tokio::time::timeout(self.timeout, sent).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break Err(e.into()),
+                        Err(_) => break Err(ServeError::Idle(self.timeout)),
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! messages.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -21,10 +22,15 @@ pub(super) struct Connection {
 
 impl Connection {
     /// Connects to `addr`. Until the handshake is done, frames are held to the handshake's size.
-    pub async fn dial(addr: SocketAddr) -> Result<Connection, FollowError> {
-        let stream =
-            TcpStream::connect(addr).await.map_err(|source| FollowError::Connect { addr: addr.to_string(), source })?;
+    pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<Connection, FollowError> {
+        let connect = tokio::time::timeout(timeout, TcpStream::connect(addr));
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(FollowError::Connect { addr: addr.to_string(), source }),
+            Err(_) => return Err(FollowError::Idle(timeout)),
+        };
         let _ = stream.set_nodelay(true);
+        crate::relay::set_keepalive(&stream, timeout);
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r);
         reader.set_max_frame_bytes(HANDSHAKE_MAX_FRAME_BYTES);

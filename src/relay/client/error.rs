@@ -29,14 +29,18 @@ pub enum FollowError {
     Seed(#[from] SeedError),
     #[error("the log writer stopped")]
     WriterGone,
+    #[error("heard nothing from the leader for {0:?} (relay.timeout)")]
+    Idle(std::time::Duration),
 }
 
 impl FollowError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            FollowError::NoLeader(_) | FollowError::Connect { .. } | FollowError::Closed | FollowError::Peer(_) => {
-                ErrorClass::Retry
-            }
+            FollowError::NoLeader(_)
+            | FollowError::Connect { .. }
+            | FollowError::Closed
+            | FollowError::Peer(_)
+            | FollowError::Idle(_) => ErrorClass::Retry,
             FollowError::Frame(e) => e.class(),
             FollowError::Handshake(e) => e.class(),
             FollowError::Unexpected(_) | FollowError::OutOfOrder { .. } | FollowError::BadEntry(_) => {

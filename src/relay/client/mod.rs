@@ -28,6 +28,7 @@ mod streaming;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,8 @@ pub struct LinkConfig {
     pub peers: Vec<Peer>,
     /// This node's PostgreSQL, where a snapshot is loaded.
     pub postgres: tokio_postgres::Config,
+    /// How long the leader may stay silent, or a write to it take (`relay.timeout`).
+    pub timeout: Duration,
 }
 
 impl LinkConfig {
@@ -77,6 +80,7 @@ impl LinkConfig {
             token,
             peers: config.peers.clone(),
             postgres: config.postgres.clone(),
+            timeout: config.relay_timeout,
         }
     }
 }
@@ -186,8 +190,11 @@ impl FollowerLink {
     /// Finds the leader, shakes hands and, if the leader is to send a snapshot, loads it.
     async fn open(&self, target: Target, resume: Resume) -> Result<Opened, FollowError> {
         let addr = find_leader(&self.config.peers, &self.config.cluster, target.term).await?;
-        let mut connection = Connection::dial(addr).await?;
-        let session = connection.handshake(self.handshake(target, resume)?).await?;
+        let mut connection = Connection::dial(addr, self.config.timeout).await?;
+        let handshake = connection.handshake(self.handshake(target, resume)?);
+        let session = tokio::time::timeout(self.config.timeout, handshake)
+            .await
+            .map_err(|_| FollowError::Idle(self.config.timeout))??;
         let (from, resume) = match session.start {
             StreamStart::From(from) => (from, resume),
             StreamStart::Seed => {
@@ -204,7 +211,7 @@ impl FollowerLink {
         let Session { leader_node, term, .. } = opened.session;
         info!(leader = %leader_node, term = %term, from = %opened.from, "following");
         self.channels.leader.send_replace(Some(LeaderView { node: leader_node, status: None }));
-        streaming::stream(&mut self.channels, opened.connection, opened.from, cancel).await
+        streaming::stream(&mut self.channels, opened.connection, opened.from, self.config.timeout, cancel).await
     }
 
     /// The handshake's state machine for one connection, announcing what this node holds now.

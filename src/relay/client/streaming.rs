@@ -2,7 +2,10 @@
 //! tell the leader what this node received, fsynced (the writer's durable position, never
 //! sooner) and applied.
 
+use std::time::Duration;
+
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::committer::Output;
@@ -11,7 +14,7 @@ use crate::log::entry::EntryHeader;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::node::LeaderView;
-use crate::relay::{Ack, FrameReader, Message};
+use crate::relay::{Ack, FrameReader, Message, ACK_INTERVAL};
 
 use super::connect::Connection;
 use super::{FollowError, LinkChannels};
@@ -29,12 +32,13 @@ pub(super) async fn stream(
     channels: &mut LinkChannels,
     connection: Connection,
     from: Index,
+    timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<(), FollowError> {
     let mut received = Received { expected: from, last: channels.durable.borrow().last, open_entry: false };
     let result = tokio::select! {
         _ = cancel.cancelled() => Ok(()),
-        r = receive(channels, connection, &mut received) => r,
+        r = receive(channels, connection, &mut received, timeout) => r,
     };
     if received.open_entry && channels.writer.send(WriteCmd::DropUnfinished).await.is_err() {
         return Err(FollowError::WriterGone);
@@ -42,20 +46,33 @@ pub(super) async fn stream(
     result
 }
 
+/// Receives until the stream ends. Acks go out when they change and at least every
+/// [`ACK_INTERVAL`]; a leader silent for `timeout`, or an ack it does not take in that time,
+/// ends the connection ([`FollowError::Idle`]).
 async fn receive(
     channels: &mut LinkChannels,
     mut connection: Connection,
     received: &mut Received,
+    timeout: Duration,
 ) -> Result<(), FollowError> {
     let mut acked = Ack { received: None, flushed: None, applied: None, applied_lsn: Lsn::ZERO };
+    let mut acked_at: Option<Instant> = None;
+    let mut heard = Instant::now();
     loop {
         let ack = ack(channels, received.last);
-        if ack != acked {
-            connection.writer.send(&Message::Ack(ack)).await?;
+        if ack != acked || acked_at.is_none_or(|at| at.elapsed() >= ACK_INTERVAL) {
+            let message = Message::Ack(ack);
+            let sent = connection.writer.send(&message);
+            tokio::time::timeout(timeout, sent).await.map_err(|_| FollowError::Idle(timeout))??;
             acked = ack;
+            acked_at = Some(Instant::now());
         }
+        let next_ack = acked_at.map_or_else(Instant::now, |at| at + ACK_INTERVAL);
         tokio::select! {
+            _ = tokio::time::sleep_until(heard + timeout) => return Err(FollowError::Idle(timeout)),
+            _ = tokio::time::sleep_until(next_ack) => {}
             message = connection.reader.next() => {
+                heard = Instant::now();
                 let batch = received.gather(message?, &mut connection.reader, &channels.leader)?;
                 if !batch.records.is_empty() {
                     channels.writer.send(WriteCmd::Records(batch.records)).await.map_err(|_| FollowError::WriterGone)?;
