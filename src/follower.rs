@@ -86,13 +86,14 @@ pub async fn run(
             info!("the database is empty: asking the leader for a snapshot");
         }
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_BATCHES);
-        let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, seeding, .. } = channels;
+        let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, seeding, replay_stopped, .. } =
+            channels;
         let durable_rx = durable_tx.subscribe();
         let writer = Writer::spawn(log.clone(), start, rx, (), durable_tx, marks).map_err(FollowerError::Thread)?;
         let applied_rx = applied_tx.subscribe();
         let stop = cancel.child_token();
-        let replay =
-            spawn_replay(config.postgres.clone(), log, applied_tx, stop.clone()).map_err(FollowerError::Thread)?;
+        let replay = spawn_replay(config.postgres.clone(), log, applied_tx, replay_stopped, stop.clone())
+            .map_err(FollowerError::Thread)?;
         let channels = client::LinkChannels { writer: tx, durable: durable_rx, applied: applied_rx, leader, seeding };
         let mut link = FollowerLink::new(client::LinkConfig::new(&config, token), channels);
         let resume = if seed { client::Resume::Seed } else { client::Resume::After { floor: database.applied } };
@@ -123,12 +124,16 @@ fn spawn_replay(
     pg: tokio_postgres::Config,
     log: Arc<Mutex<Log>>,
     applied: watch::Sender<Applied>,
+    stopped: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), ReplayError>>> {
     let report = move |p: AppliedPosition| {
         applied.send_replace(Applied { id: Some(p.id), end_lsn: p.end_lsn });
     };
-    scheduler::spawn(pg, log, report, cancel)
+    let stalled = move |error: Option<String>| {
+        stopped.send_replace(error);
+    };
+    scheduler::spawn(pg, log, report, stalled, cancel)
 }
 
 /// What the local database already holds.

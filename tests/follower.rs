@@ -320,6 +320,11 @@ fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
     b.start();
     leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'n' FROM generate_series(1, 100) g").unwrap();
     wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));
+    wait_until(Duration::from_secs(10), "b streaming", || replay_status(&b).0.as_deref() == Some("streaming"));
+    let (_, metrics) = support::http_get(b.admin_port, "/metrics").unwrap();
+    for zero in ["walship_replay_stopped 0", "walship_replay_errors_total 0", "walship_replay_strict_retries_total 0"] {
+        assert!(metrics.lines().any(|l| l == zero), "{zero} from start-up: {metrics}");
+    }
     b.stop();
 
     // A superuser deletes a row on the follower, going around its fence; the leader then
@@ -344,6 +349,13 @@ fn a_follower_that_diverges_inside_a_set_based_run_names_the_row() {
     let (_, metrics) = support::http_get(b.admin_port, "/metrics").unwrap();
     let retries = metrics.lines().find_map(|l| l.strip_prefix("walship_replay_strict_retries_total "));
     assert!(retries.is_some_and(|n| n.trim() != "0"), "{metrics}");
+    // The stall shows without reading the sidecar's log.
+    let (state, error) = replay_status(&b);
+    assert_eq!(state.as_deref(), Some("stopped"));
+    assert!(error.as_deref().is_some_and(|e| e.contains("key id=42")), "{error:?}");
+    assert!(metrics.lines().any(|l| l == "walship_replay_stopped 1"), "{metrics}");
+    let errors = metrics.lines().find_map(|l| l.strip_prefix("walship_replay_errors_total "));
+    assert!(errors.is_some_and(|n| n.trim() != "0"), "{metrics}");
     let after = follower_pg.psql("postgres", "SELECT count(*) FROM accounts WHERE id > 42 AND balance <> 0").unwrap();
     assert_eq!(after.trim(), "0", "nothing past the divergence is applied");
     b.stop();
@@ -393,4 +405,11 @@ fn a_follower_that_goes_silent_shows_disconnected_within_the_relay_timeout_and_c
     });
     b.stop();
     leader.stop();
+}
+
+/// A follower's replay state and error, from its `/status`.
+fn replay_status(follower: &Sidecar) -> (Option<String>, Option<String>) {
+    let Ok((200, body)) = support::http_get(follower.admin_port, "/status") else { return (None, None) };
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    (status["replay"].as_str().map(str::to_owned), status["error"].as_str().map(str::to_owned))
 }

@@ -34,7 +34,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    use crate::apply::scheduler::{REPLAY_ENTRIES_APPLIED_TOTAL, REPLAY_STRICT_RETRIES_TOTAL};
+    use crate::apply::scheduler::{
+        REPLAY_ENTRIES_APPLIED_TOTAL, REPLAY_ERRORS_TOTAL, REPLAY_STOPPED, REPLAY_STRICT_RETRIES_TOTAL,
+    };
     use crate::log::committer::{LOG_BYTES_APPENDED_TOTAL, LOG_ENTRIES_APPENDED_TOTAL};
     use crate::relay::client::{SEED_BYTES, SEED_ROWS, SEED_TABLES_DONE};
     use crate::relay::server::{RELAY_BYTES_SENT_TOTAL, RELAY_ENTRIES_SENT_TOTAL};
@@ -72,6 +74,22 @@ fn describe() {
     describe_gauge!(SEED_TABLES_DONE, "tables of the snapshot loaded so far");
     describe_gauge!(SEED_ROWS, "rows of the snapshot loaded so far");
     describe_gauge!(SEED_BYTES, Unit::Bytes, "bytes of the snapshot loaded so far");
+    describe_gauge!(REPLAY_STOPPED, "1 while replay is stopped on an error that needs an operator");
+    describe_counter!(REPLAY_ERRORS_TOTAL, "replay attempts that failed, whatever the cause");
+    // Every series from start-up, so that rate() and panels show 0, not "no data".
+    for counter in [
+        REPLAY_ENTRIES_APPLIED_TOTAL,
+        REPLAY_STRICT_RETRIES_TOTAL,
+        REPLAY_ERRORS_TOTAL,
+        LOG_ENTRIES_APPENDED_TOTAL,
+        LOG_BYTES_APPENDED_TOTAL,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for method in ["row", "copy", "set"] {
+        metrics::counter!(crate::apply::REPLAY_ROWS_TOTAL, "method" => method).increment(0);
+    }
+    gauge!(REPLAY_STOPPED).set(0.0);
 }
 
 /// Sets the gauges from the node's state and renders everything.

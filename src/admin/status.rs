@@ -35,6 +35,12 @@ pub struct Status {
     /// has not applied; 0 when it applied all it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
+    /// On a follower: `streaming`, `catching_up`, `seeding` or `stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
+    /// On a follower whose replay stopped: why, naming entry, table and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// On a follower loading a snapshot: how far it has come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeding: Option<SeedProgress>,
@@ -104,6 +110,8 @@ impl Status {
             applied_index: None,
             lag_bytes: None,
             lag_seconds: None,
+            replay: None,
+            error: None,
             seeding: None,
         };
         match view.role {
@@ -130,11 +138,31 @@ impl Status {
                 status.lag_seconds = status.lag_bytes.map(|_| own.seconds);
                 status.leader = leader.map(|l| l.node);
                 status.seeding = *view.seeding.borrow();
+                status.error = view.replay_stopped.borrow().clone();
+                status.replay = Some(replay_state(&status).into());
             }
         }
         Ok(status)
     }
 }
+
+/// How much of its leader's log a follower's replay has: a stopped replay first, then a
+/// snapshot being loaded, then catching up (no word from a leader yet, or the oldest entry
+/// not applied is more than [`CAUGHT_UP_SECONDS`] old).
+fn replay_state(status: &Status) -> &'static str {
+    if status.error.is_some() {
+        "stopped"
+    } else if status.seeding.is_some() {
+        "seeding"
+    } else if status.lag_seconds.is_none_or(|s| s > CAUGHT_UP_SECONDS) {
+        "catching_up"
+    } else {
+        "streaming"
+    }
+}
+
+/// A follower whose oldest unapplied entry is younger than this is streaming.
+pub const CAUGHT_UP_SECONDS: f64 = 1.0;
 
 pub fn role_name(role: Role) -> &'static str {
     match role {

@@ -20,6 +20,7 @@
 //! PostgreSQL connection then share one thread, so pipelined statements are written out
 //! together instead of each waking another worker thread.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,11 @@ pub const REPLAY_STRICT_RETRIES_TOTAL: &str = "walship_replay_strict_retries_tot
 pub const REPLAY_COMMIT_WINDOW: Duration = Duration::from_millis(5);
 /// Batches of records read ahead of replay.
 pub const REPLAY_QUEUE_BATCHES: usize = 4;
+/// 1 while replay is stopped on an error that needs an operator (a divergence), else 0
+/// (Prometheus gauge; name fixed by DESIGN.md).
+pub const REPLAY_STOPPED: &str = "walship_replay_stopped";
+/// Replay attempts that failed, whatever the cause (Prometheus counter; name fixed by DESIGN.md).
+pub const REPLAY_ERRORS_TOTAL: &str = "walship_replay_errors_total";
 /// While the log does not reach the database's position yet, how often both are read again.
 const LOG_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -71,35 +77,52 @@ impl ReplayError {
 /// Starts replay of `log` into the database of `pg` on a thread of its own (see the module
 /// docs), until `cancel` or an error that stops it, which also cancels `cancel`. `report` is
 /// told the database's position after each (re)connection, while replay waits for the log
-/// to reach it, and every position committed since.
-pub fn spawn<R>(
+/// to reach it, and every position committed since. `stalled` is told the error when replay
+/// stops on one that needs an operator (it retries slowly meanwhile), and `None` once replay
+/// commits past the entry it stopped at.
+pub fn spawn<R, S>(
     pg: tokio_postgres::Config,
     log: Arc<Mutex<Log>>,
     report: R,
+    stalled: S,
     cancel: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), ReplayError>>>
 where
     R: Fn(AppliedPosition) + Send + 'static,
+    S: Fn(Option<String>) + Send + 'static,
 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("walship-replay".into())
-        .spawn(move || runtime.block_on(replay_with_retries(pg, log, report, cancel).instrument(span)))
+        .spawn(move || runtime.block_on(replay_with_retries(pg, log, report, stalled, cancel).instrument(span)))
 }
 
-async fn replay_with_retries<R: Fn(AppliedPosition)>(
+async fn replay_with_retries<R: Fn(AppliedPosition), S: Fn(Option<String>)>(
     pg: tokio_postgres::Config,
     log: Arc<Mutex<Log>>,
     report: R,
+    stalled: S,
     cancel: CancellationToken,
 ) -> Result<(), ReplayError> {
     let mut backoff = Backoff::default();
     let mut strict_through = None;
+    // The last position reported, and where replay stopped while it is stopped.
+    let last = Cell::new(None::<Index>);
+    let stopped_at = Cell::new(None::<Option<Index>>);
+    let progress = |p: AppliedPosition| {
+        report(p);
+        last.set(Some(p.id.index));
+        if stopped_at.get().is_some_and(|at| Some(p.id.index) > at) {
+            stopped_at.set(None);
+            metrics::gauge!(REPLAY_STOPPED).set(0.0);
+            stalled(None);
+        }
+    };
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = replay(&pg, &log, &report, &mut backoff, strict_through) => r,
+            r = replay(&pg, &log, &progress, &mut backoff, strict_through) => r,
         };
         let Err(e) = result else { return Ok(()) };
         if let ReplayError::Apply(ApplyError::Batched { first, last, reason, .. }) = &e {
@@ -109,6 +132,12 @@ async fn replay_with_retries<R: Fn(AppliedPosition)>(
             metrics::counter!(REPLAY_STRICT_RETRIES_TOTAL).increment(1);
             strict_through = Some(last.index);
             continue;
+        }
+        metrics::counter!(REPLAY_ERRORS_TOTAL).increment(1);
+        if e.class() == ErrorClass::Operator {
+            stopped_at.set(Some(last.get()));
+            metrics::gauge!(REPLAY_STOPPED).set(1.0);
+            stalled(Some(e.to_string()));
         }
         let Some(delay) = backoff.after_failure(e.class(), &e, "replay") else {
             error!(error = %e, "replay stopped");

@@ -33,6 +33,8 @@ pub struct RoleChannels {
     pub leader: watch::Sender<Option<LeaderView>>,
     /// A snapshot being loaded, while it is.
     pub seeding: watch::Sender<Option<SeedProgress>>,
+    /// Why replay is stopped, while it is (naming entry, table and key).
+    pub replay_stopped: watch::Sender<Option<String>>,
 }
 
 /// The reading ends, for the admin API.
@@ -50,6 +52,7 @@ pub struct NodeView {
     pub applied: watch::Receiver<Applied>,
     pub leader: watch::Receiver<Option<LeaderView>>,
     pub seeding: watch::Receiver<Option<SeedProgress>>,
+    pub replay_stopped: watch::Receiver<Option<String>>,
 }
 
 impl NodeView {
@@ -66,6 +69,7 @@ impl NodeView {
         let (applied_tx, applied) = watch::channel(Applied::default());
         let (leader_tx, leader) = watch::channel(None);
         let (seeding_tx, seeding) = watch::channel(None);
+        let (replay_stopped_tx, replay_stopped) = watch::channel(None);
         let marks = EntryMarks::default();
         let followers = Followers::default();
         let view = NodeView {
@@ -81,6 +85,7 @@ impl NodeView {
             applied,
             leader,
             seeding,
+            replay_stopped,
         };
         let channels = RoleChannels {
             durable: durable_tx,
@@ -89,6 +94,7 @@ impl NodeView {
             applied: applied_tx,
             leader: leader_tx,
             seeding: seeding_tx,
+            replay_stopped: replay_stopped_tx,
         };
         (view, channels)
     }
