@@ -37,6 +37,8 @@ pub enum SidecarError {
     Token { path: std::path::PathBuf, source: std::io::Error },
     #[error("a follower needs token_file: the shared secret that proves it to the leader")]
     NoToken,
+    #[error("token_file {path} can be read by others (mode {mode:o}): the token is the cluster's secret; run chmod 600 on it")]
+    TokenReadableByOthers { path: std::path::PathBuf, mode: u32 },
     #[error("metrics: {0}")]
     Metrics(String),
     #[error("replication.mode = {0:?}: this version replicates asynchronously only; set mode = \"async\" (it would otherwise run async while the configuration says otherwise)")]
@@ -160,9 +162,18 @@ async fn start_relay(
     Ok(())
 }
 
-/// The shared secret of `token_file`, without surrounding white space.
+/// The shared secret of `token_file`, without surrounding white space. A file that its
+/// group or others can read is refused, as ssh refuses such a key.
 fn read_token(config: &Config) -> Result<Option<Arc<[u8]>>, SidecarError> {
+    use std::os::unix::fs::PermissionsExt;
     let Some(path) = &config.token_file else { return Ok(None) };
+    let mode = std::fs::metadata(path)
+        .map_err(|source| SidecarError::Token { path: path.clone(), source })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(SidecarError::TokenReadableByOthers { path: path.clone(), mode: mode & 0o777 });
+    }
     let text = std::fs::read(path).map_err(|source| SidecarError::Token { path: path.clone(), source })?;
     let token = text.trim_ascii();
     if token.is_empty() {

@@ -273,3 +273,27 @@ fn a_corrupt_log_is_reported_with_file_and_offset() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("corrupt log segment"), "{stderr}");
 }
+
+#[test]
+fn a_token_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = Instance::start(Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
+    let token = dir.path().join("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["run", "--config"])
+        .arg(&sidecar.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("can be read by others (mode 644)") && stderr.contains("chmod 600"), "{stderr}");
+    // Readable by its owner only, the same file is accepted.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut sidecar = sidecar;
+    sidecar.start();
+    wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    sidecar.stop();
+}
