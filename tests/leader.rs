@@ -217,13 +217,7 @@ fn a_second_sidecar_on_the_same_data_dir_is_refused() {
         .unwrap()
         .replace(&second_dir.join("data").display().to_string(), &first.data_dir().display().to_string());
     std::fs::write(&second.config_path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["run", "--config"])
-        .arg(&second.config_path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&second.config_path);
     assert!(stderr.contains("in use by another walship process"), "{stderr}");
     first.stop();
     first.assert_no_errors();
@@ -282,13 +276,7 @@ fn a_token_file_others_can_read_is_refused() {
     let sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
     let token = dir.path().join("token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["run", "--config"])
-        .arg(&sidecar.config_path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_at_start(&sidecar.config_path);
     assert!(stderr.contains("can be read by others (mode 644)") && stderr.contains("chmod 600"), "{stderr}");
     // Readable by its owner only, the same file is accepted.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -296,4 +284,15 @@ fn a_token_file_others_can_read_is_refused() {
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
     sidecar.stop();
+}
+
+/// Runs `walship run` on `config`, which must fail at start; returns what it said.
+fn refused_at_start(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "walship run started with {}", config.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
