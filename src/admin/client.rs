@@ -105,7 +105,11 @@ pub fn render(status: &Status) -> String {
     );
     if let Some(applied) = status.applied_index {
         let lag = status.lag_bytes.map_or("unknown".into(), human_bytes);
-        let _ = writeln!(out, "applied index {applied}  lag {lag}");
+        let replay = status.replay.as_deref().unwrap_or("unknown");
+        let _ = writeln!(out, "applied index {applied}  lag {lag}  replay {replay}");
+    }
+    if let Some(error) = &status.error {
+        let _ = writeln!(out, "REPLAY STOPPED: {error}");
     }
     if let Some(p) = &status.seeding {
         let _ = writeln!(
@@ -180,6 +184,18 @@ mod tests {
         assert_eq!(human_seconds(0.04), "0.0s");
         assert_eq!(human_seconds(303.0), "5m03s");
         assert_eq!(human_seconds(7322.0), "2h02m");
+    }
+
+    #[test]
+    fn a_stopped_follower_says_why() {
+        let status: Status = serde_json::from_str(
+            r#"{"node":"b","role":"follower","term":1,"leader":"a","index":9,"applied_index":7,"lag_bytes":512,
+                "lag_seconds":3.0,"replay":"stopped","error":"apply: entry 1.8 diverges on table public.t (key id=42)"}"#,
+        )
+        .unwrap();
+        let text = render(&status);
+        assert!(text.contains("applied index 7  lag 512 B  replay stopped"), "{text}");
+        assert!(text.contains("REPLAY STOPPED: apply: entry 1.8 diverges on table public.t (key id=42)"), "{text}");
     }
 
     #[test]
