@@ -96,6 +96,11 @@ const UNFENCED_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = $1) \
      ORDER BY 1, 2";
 
+/// Tables of this database that carry the fence trigger, as `schema`, `name`.
+const FENCED_TABLES: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_trigger t \
+     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = $1";
+
 /// Client sessions of this database with a write transaction open, other than walship's own.
 const END_WRITERS: &str = "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid)) \
      FROM pg_catalog.pg_stat_activity \
@@ -160,35 +165,23 @@ async fn fence_steps(tx: &Client) -> Result<usize, FenceError> {
         LOCK_TIMEOUT.as_millis()
     );
     tx.batch_execute(&setup).await.map_err(pg("create the fence functions"))?;
-    let has_event_trigger = tx
-        .query_opt("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1", &[&TRIGGER])
-        .await
-        .map_err(pg("look for the fence event trigger"))?
-        .is_some();
-    if !has_event_trigger {
+    if !is_fenced(tx).await? {
         let sql = format!(
             "CREATE EVENT TRIGGER {} ON ddl_command_start EXECUTE FUNCTION walship.fence_refuse_ddl()",
             quote_ident(TRIGGER)
         );
         tx.batch_execute(&sql).await.map_err(pg("create the fence event trigger"))?;
     }
-    let tables = tx.query(UNFENCED_TABLES, &[&TRIGGER]).await.map_err(pg("list tables to fence"))?;
-    for row in &tables {
-        let (schema, name): (String, String) =
-            (row.try_get(0).map_err(pg("list tables"))?, row.try_get(1).map_err(pg("list tables"))?);
-        let sql = format!(
-            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
+    let tables = on_each_table(tx, UNFENCED_TABLES, "create a fence trigger", |table| {
+        format!(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
              FOR EACH STATEMENT EXECUTE FUNCTION walship.fence_refuse_write()",
-            quote_ident(TRIGGER),
-            quote_qualified(&schema, &name)
-        );
-        tx.batch_execute(&sql).await.map_err(pg("create a fence trigger"))?;
-    }
-    let database = current_database(tx).await?;
-    tx.batch_execute(&format!("ALTER DATABASE {database} SET default_transaction_read_only = on"))
-        .await
-        .map_err(pg("make the database read-only by default"))?;
-    Ok(tables.len())
+            quote_ident(TRIGGER)
+        )
+    })
+    .await?;
+    read_only_by_default(tx, true).await?;
+    Ok(tables)
 }
 
 /// Lets clients write again: drops every fence trigger and the event trigger.
@@ -203,26 +196,42 @@ async fn unfence_steps(tx: &Client) -> Result<usize, FenceError> {
     tx.batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {}", quote_ident(TRIGGER)))
         .await
         .map_err(pg("drop the fence event trigger"))?;
-    let fenced = tx
-        .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_trigger t \
-             JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = $1",
-            &[&TRIGGER],
-        )
-        .await
-        .map_err(pg("list fenced tables"))?;
-    for row in &fenced {
+    let tables = on_each_table(tx, FENCED_TABLES, "drop a fence trigger", |table| {
+        format!("DROP TRIGGER IF EXISTS {} ON {table}", quote_ident(TRIGGER))
+    })
+    .await?;
+    read_only_by_default(tx, false).await?;
+    Ok(tables)
+}
+
+/// Runs `statement(schema.name)` for each table `query` (taking the trigger's name) lists;
+/// returns how many.
+async fn on_each_table(
+    tx: &Client,
+    query: &str,
+    action: &'static str,
+    statement: impl Fn(&str) -> String,
+) -> Result<usize, FenceError> {
+    let rows = tx.query(query, &[&TRIGGER]).await.map_err(pg(action))?;
+    for row in &rows {
         let (schema, name): (String, String) =
-            (row.try_get(0).map_err(pg("list fenced tables"))?, row.try_get(1).map_err(pg("list fenced tables"))?);
-        let sql = format!("DROP TRIGGER IF EXISTS {} ON {}", quote_ident(TRIGGER), quote_qualified(&schema, &name));
-        tx.batch_execute(&sql).await.map_err(pg("drop a fence trigger"))?;
+            (row.try_get(0).map_err(pg(action))?, row.try_get(1).map_err(pg(action))?);
+        tx.batch_execute(&statement(&quote_qualified(&schema, &name))).await.map_err(pg(action))?;
     }
-    let database = current_database(tx).await?;
-    tx.batch_execute(&format!("ALTER DATABASE {database} RESET default_transaction_read_only"))
+    Ok(rows.len())
+}
+
+/// Sets or resets `default_transaction_read_only` for the current database.
+async fn read_only_by_default(tx: &Client, on: bool) -> Result<(), FenceError> {
+    let row = tx
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await
-        .map_err(pg("reset default_transaction_read_only"))?;
-    Ok(fenced.len())
+        .map_err(pg("find the current database"))?;
+    let name: String = row.try_get(0).map_err(pg("find the current database"))?;
+    let setting = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
+    tx.batch_execute(&format!("ALTER DATABASE {} {setting}", quote_ident(&name)))
+        .await
+        .map_err(pg("set the database's default_transaction_read_only"))
 }
 
 /// Whether the database is fenced (its event trigger exists).
@@ -232,13 +241,4 @@ pub async fn is_fenced(client: &Client) -> Result<bool, FenceError> {
         .await
         .map_err(pg("look for the fence event trigger"))?;
     Ok(row.is_some())
-}
-
-async fn current_database(tx: &Client) -> Result<String, FenceError> {
-    let row = tx
-        .query_one("SELECT pg_catalog.current_database()::text", &[])
-        .await
-        .map_err(pg("find the current database"))?;
-    let name: String = row.try_get(0).map_err(pg("find the current database"))?;
-    Ok(quote_ident(&name))
 }

@@ -28,6 +28,17 @@ fn writes(sim: &mut Sim, node: usize, count: usize) {
     }
 }
 
+/// Three nodes, leader n0 with three entries everywhere, then cut off from both followers.
+fn three_nodes_with_leader_cut_off() -> Sim {
+    let mut sim = Sim::new(3, false);
+    settle(&mut sim);
+    writes(&mut sim, 0, 3);
+    settle(&mut sim);
+    sim.act(Action::Cut(0, 1));
+    sim.act(Action::Cut(0, 2));
+    sim
+}
+
 fn role(sim: &Sim, node: usize) -> NodeRole {
     sim.machine(node).expect("alive").role().clone()
 }
@@ -58,12 +69,7 @@ fn a_follower_is_promoted_after_the_leader_dies_and_the_old_leader_rejoins_as_fo
 
 #[test]
 fn an_old_leader_that_wrote_alone_comes_back_divergent() {
-    let mut sim = Sim::new(3, false);
-    settle(&mut sim);
-    writes(&mut sim, 0, 3);
-    settle(&mut sim);
-    sim.act(Action::Cut(0, 1));
-    sim.act(Action::Cut(0, 2));
+    let mut sim = three_nodes_with_leader_cut_off();
     writes(&mut sim, 0, 2);
     sim.act(Action::Promote { node: 1, force: false });
     settle(&mut sim);
@@ -78,12 +84,7 @@ fn an_old_leader_that_wrote_alone_comes_back_divergent() {
 
 #[test]
 fn a_superseded_old_leader_finds_its_new_leader_again_after_a_restart() {
-    let mut sim = Sim::new(3, false);
-    settle(&mut sim);
-    writes(&mut sim, 0, 3);
-    settle(&mut sim);
-    sim.act(Action::Cut(0, 1));
-    sim.act(Action::Cut(0, 2));
+    let mut sim = three_nodes_with_leader_cut_off();
     sim.act(Action::Promote { node: 1, force: false });
     settle(&mut sim);
     sim.act(Action::Heal);
