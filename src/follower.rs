@@ -20,9 +20,9 @@ use crate::config::Config;
 use crate::error::ErrorClass;
 use crate::log::committer::{Durable, Writer, WRITE_QUEUE_BATCHES};
 use crate::log::{Log, LogError};
-use crate::lsn::EntryId;
-use crate::node::{NodeState, RoleChannels};
-use crate::relay::client::{self, Applied, FollowError, FollowerLink};
+use crate::lsn::{EntryId, Index, Term};
+use crate::node::RoleChannels;
+use crate::relay::client::{self, Applied, FollowError, FollowerLink, LinkEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowerError {
@@ -47,7 +47,7 @@ pub enum FollowerError {
 }
 
 impl FollowerError {
-    fn class(&self) -> ErrorClass {
+    pub fn class(&self) -> ErrorClass {
         match self {
             FollowerError::Follow(e) => e.class(),
             FollowerError::Apply(e) => e.class(),
@@ -62,16 +62,25 @@ impl FollowerError {
     }
 }
 
+/// How the follower role hears of the node's term and tells it of its leader.
+pub struct NodeLink {
+    /// The lowest term of a leader to follow.
+    pub term: Term,
+    /// The term the node adopted durably.
+    pub adopted: watch::Receiver<Term>,
+    pub events: mpsc::UnboundedSender<LinkEvent>,
+}
+
 /// Runs the follower role until `cancel` or a fatal error.
 pub async fn run(
     config: Arc<Config>,
-    state: NodeState,
+    node: NodeLink,
     log: Arc<Mutex<Log>>,
     token: Arc<[u8]>,
     channels: RoleChannels,
     cancel: CancellationToken,
 ) -> Result<(), FollowerError> {
-    let span = info_span!("follower", node = %config.node, term = %state.term());
+    let span = info_span!("follower", node = %config.node, term = %node.term);
     async move {
         let start = {
             let log = log.lock().map_err(|_| LogError::Failed)?;
@@ -94,10 +103,18 @@ pub async fn run(
         let stop = cancel.child_token();
         let replay = spawn_replay(config.postgres.clone(), log, applied_tx, replay_stopped, stop.clone())
             .map_err(FollowerError::Thread)?;
-        let channels = client::LinkChannels { writer: tx, durable: durable_rx, applied: applied_rx, leader, seeding };
+        let channels = client::LinkChannels {
+            writer: tx,
+            durable: durable_rx,
+            applied: applied_rx,
+            leader,
+            seeding,
+            term: node.adopted,
+            events: node.events,
+        };
         let mut link = FollowerLink::new(client::LinkConfig::new(&config, token), channels);
         let resume = if seed { client::Resume::Seed } else { client::Resume::After { floor: database.applied } };
-        let followed = link.follow(client::Target { term: state.term() }, resume, stop.clone()).await;
+        let followed = link.follow(client::Target { term: node.term }, resume, stop.clone()).await;
         drop(link); // closes the writer's queue, so that the writer ends
         stop.cancel();
         let replayed = tokio::task::spawn_blocking(move || replay.join())
@@ -116,6 +133,34 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Replays the local log through `index` (a promotion's last step before leading), then
+/// stops replay; `Ok(false)` when cancelled first. A replay that stopped on an error waits, as
+/// a follower's does, and says why in `/status`.
+pub async fn replay_through(
+    pg: tokio_postgres::Config,
+    log: Arc<Mutex<Log>>,
+    channels: &RoleChannels,
+    index: Index,
+    cancel: CancellationToken,
+) -> Result<bool, FollowerError> {
+    let stop = cancel.child_token();
+    let mut applied = channels.applied.subscribe();
+    let replay = spawn_replay(pg, log, channels.applied.clone(), channels.replay_stopped.clone(), stop.clone())
+        .map_err(FollowerError::Thread)?;
+    let reached = tokio::select! {
+        _ = cancel.cancelled() => false,
+        r = applied.wait_for(|a| a.id.is_some_and(|id| id.index >= index)) => r.is_ok(),
+    };
+    stop.cancel();
+    let replayed = tokio::task::spawn_blocking(move || replay.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(FollowerError::ReplayThread)?;
+    replayed?;
+    Ok(reached)
 }
 
 /// Starts replay (see `apply::scheduler`), which publishes every position it commits to the

@@ -39,6 +39,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promote a follower: POST /promote on its admin API.
+    Promote {
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        /// Promote even when a reachable peer holds entries this node lacks (they are lost,
+        /// and named in the answer), or when too few peers answer.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Hand the leadership to NODE without losing a write: POST /switchover on the leader.
+    Switchover {
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Make a node read-only and stop it leading: POST /fence.
+    Fence {
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
     /// Start a local three-node cluster (from this machine's PostgreSQL binaries) in a
     /// temporary folder, put a write load on its leader and show live lag; Ctrl-C stops it.
     Demo {
@@ -64,6 +91,14 @@ enum Command {
     },
 }
 
+/// The cluster's token, which every admin write must carry.
+#[derive(clap::Args)]
+struct TokenArg {
+    /// The sidecars' token_file.
+    #[arg(long, value_name = "FILE", env = "WALSHIP_TOKEN_FILE", default_value = "/etc/walship/token")]
+    token_file: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own table: only warnings and errors of its own tracing show.
@@ -72,6 +107,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config),
         Command::Status { admin, json } => status(&admin, json),
+        Command::Promote { admin, force, token } => {
+            let path = if force { "/promote?force=true" } else { "/promote" };
+            admin_write("promote", &admin, path, &token)
+        }
+        Command::Switchover { admin, to, token } => {
+            admin_write("switchover", &admin, &format!("/switchover?to={to}"), &token)
+        }
+        Command::Fence { admin, token } => admin_write("fence", &admin, "/fence", &token),
         Command::Demo { keep, rows_per_second, duration } => {
             let duration = duration.map(std::time::Duration::from_secs);
             walship::demo::run(walship::demo::Options { keep, rows_per_second, duration })
@@ -86,6 +129,40 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// POSTs `path` with the token and prints the answer; fails unless it is 200.
+fn admin_write(what: &str, admin: &str, path: &str, token: &TokenArg) -> ExitCode {
+    let token = match std::fs::read_to_string(&token.token_file) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => {
+            eprintln!("walship {what}: cannot read the token file {}: {e}", token.token_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walship: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = walship::admin::control::ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
+    let request = walship::admin::client::request_within(admin, "POST", path, Some(&token), timeout);
+    match runtime.block_on(request) {
+        Ok((200, body)) => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            eprintln!("walship {what}: {code}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("walship {what}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -29,13 +29,21 @@ pub fn quote_qualified(schema: &str, name: &str) -> String {
 /// ends client sessions that write, never these.
 pub const APPLICATION_NAME: &str = "walship";
 
-/// An ordinary SQL connection, its driver running on its own task.
+/// An ordinary SQL connection, its driver running on its own task. Its transactions are
+/// read-write even on a fenced database.
 pub async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut pg = pg.clone();
     pg.connect_timeout(Duration::from_secs(5));
     if pg.get_application_name().is_none() {
         pg.application_name(APPLICATION_NAME);
     }
+    // A fenced database defaults to read-only transactions; walship's own sessions (replay,
+    // heartbeats, the source's set-up) must write through it.
+    let options = match pg.get_options() {
+        Some(options) => format!("{options} -c default_transaction_read_only=off"),
+        None => "-c default_transaction_read_only=off".to_owned(),
+    };
+    pg.options(&options);
     let (client, connection) = pg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

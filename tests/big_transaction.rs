@@ -43,6 +43,7 @@ fn a_two_gigabyte_transaction_streams_in_bounded_memory() {
             .unwrap_or(Lsn::ZERO)
     };
     wait_until(Duration::from_secs(30), "the slot", || confirmed() > Lsn::ZERO);
+    sidecar.wait_writable();
 
     let started = Instant::now();
     pg.psql(

@@ -30,6 +30,7 @@ fn start_leader(dir: &Path, pg: &Instance) -> Sidecar {
     let mut leader = Sidecar::leader(&dir.join("a"), "a", pg, "[source]\nheartbeat_interval = \"200ms\"\n");
     leader.start();
     wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(pg) > Lsn::ZERO);
+    leader.wait_writable();
     leader
 }
 
@@ -167,6 +168,7 @@ fn a_follower_whose_entries_the_leader_dropped_is_told_to_reseed() {
     leader.add_peer(&b);
     leader.start();
     wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(&leader_pg) > Lsn::ZERO);
+    leader.wait_writable();
     b.start();
     leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'first' FROM generate_series(1, 10) g").unwrap();
     wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));
@@ -270,6 +272,7 @@ fn followers_seeded_from_empty_databases_replicate_pgbench_through_faults() {
     }
     leader.start();
     wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(&leader_pg) > Lsn::ZERO);
+    leader.wait_writable();
     b.start();
     c.start();
 
@@ -385,6 +388,7 @@ fn a_follower_that_goes_silent_shows_disconnected_within_the_relay_timeout_and_c
     leader.add_peer(&b);
     leader.start();
     wait_until(Duration::from_secs(30), "the leader's slot", || slot_confirmed(&leader_pg) > Lsn::ZERO);
+    leader.wait_writable();
     b.start();
     leader_pg.psql("postgres", "INSERT INTO accounts SELECT g, 0, 'n' FROM generate_series(1, 100) g").unwrap();
     wait_until(Duration::from_secs(30), "the first rows", || same_rows(&leader_pg, &follower_pg));

@@ -62,6 +62,7 @@ fn pgbench_with_sidecar_crashes_logs_every_commit_exactly_once() {
     // The sidecar's consistent point comes first; pgbench's schema and rows after it.
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    sidecar.wait_writable();
     let (code, body) = http_get(sidecar.admin_port, "/health").unwrap();
     assert_eq!(code, 200, "{body}");
 
@@ -145,6 +146,7 @@ fn an_idle_leader_keeps_positions_moving_with_heartbeats() {
     let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "[source]\nheartbeat_interval = \"100ms\"");
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    sidecar.wait_writable();
     let first = slot_confirmed(&pg);
     wait_until(Duration::from_secs(10), "confirmed_flush_lsn to advance on an idle database", || {
         slot_confirmed(&pg) > first
@@ -180,6 +182,7 @@ fn a_postgresql_restart_underneath_is_ridden_out() {
     let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    sidecar.wait_writable();
     pg.psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)").unwrap();
     wait_until(Duration::from_secs(20), "the first rows", || logged_ids(&sidecar).len() == 100);
 
@@ -211,6 +214,7 @@ fn a_second_sidecar_on_the_same_data_dir_is_refused() {
     let mut first = Sidecar::leader(dir.path(), "a", &pg, "");
     first.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    first.wait_writable();
     let second_dir = dir.path().join("second");
     let second = Sidecar::leader(&second_dir, "a", &pg, "");
     let config = std::fs::read_to_string(&second.config_path)
@@ -231,6 +235,7 @@ fn a_corrupt_log_is_reported_with_file_and_offset() {
     let mut sidecar = Sidecar::leader(dir.path(), "a", &pg, "");
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    sidecar.wait_writable();
     for i in 0..20 {
         pg.psql("postgres", &format!("INSERT INTO t VALUES ({i})")).unwrap();
     }
@@ -283,6 +288,7 @@ fn a_token_file_others_can_read_is_refused() {
     let mut sidecar = sidecar;
     sidecar.start();
     wait_until(Duration::from_secs(30), "the slot", || slot_confirmed(&pg) > Lsn::ZERO);
+    sidecar.wait_writable();
     sidecar.stop();
 }
 

@@ -37,6 +37,7 @@ fn a_follower_holds_every_sequence_ahead_of_the_leader_and_never_repeats_an_id_a
     let slot =
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walship_a' AND confirmed_flush_lsn IS NOT NULL";
     wait_until(Duration::from_secs(30), "the leader's slot", || leader_pg.psql("postgres", slot).unwrap() == "1");
+    leader.wait_writable();
     follower.start();
 
     // A load that takes ids from a serial and an identity column, and two other sequences.

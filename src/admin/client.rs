@@ -18,8 +18,8 @@ pub enum ClientError {
     Url(String),
     #[error("cannot reach {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
-    #[error("{addr} did not answer within {REQUEST_TIMEOUT:?}")]
-    Timeout { addr: String },
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
     #[error("{addr} answered something that is not HTTP")]
     Response { addr: String },
     #[error("{addr} answered {code}: {body}")]
@@ -40,6 +40,17 @@ pub fn authority(url: &str) -> Result<String, ClientError> {
 
 /// Sends one request and returns the status code and body.
 pub async fn request(url: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String), ClientError> {
+    request_within(url, method, path, token, REQUEST_TIMEOUT).await
+}
+
+/// [`request`], waiting up to `timeout` for the answer (a switchover takes a while).
+pub async fn request_within(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
     let addr = authority(url)?;
     let exchange = async {
         let mut stream =
@@ -56,7 +67,7 @@ pub async fn request(url: &str, method: &str, path: &str, token: Option<&str>) -
         stream.read_to_end(&mut response).await.map_err(io)?;
         parse_response(&addr, &response)
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| ClientError::Timeout { addr: addr.clone() })?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ClientError::Timeout { addr: addr.clone(), timeout })?
 }
 
 fn parse_response(addr: &str, response: &[u8]) -> Result<(u16, String), ClientError> {

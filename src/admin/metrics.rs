@@ -4,10 +4,10 @@
 use metrics::{describe_counter, describe_gauge, gauge, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::config::Role;
 use crate::log::LogError;
 use crate::lsn::now_pg_micros;
 use crate::node::NodeView;
+use crate::node::RoleName;
 use crate::relay::progress::FollowerProgress;
 
 use super::status::lag;
@@ -21,6 +21,8 @@ pub const FOLLOWER_LAG_SECONDS: &str = "walship_follower_lag_seconds";
 pub const FOLLOWER_CONNECTED: &str = "walship_follower_connected";
 pub const TERM: &str = "walship_term";
 pub const IS_LEADER: &str = "walship_is_leader";
+/// 1 on a node whose log holds transactions the cluster lost (see `/status` `divergent_report`).
+pub const DIVERGENT: &str = "walship_divergent";
 pub const LOG_FIRST_INDEX: &str = "walship_log_first_index";
 pub const LOG_LAST_INDEX: &str = "walship_log_last_index";
 pub const LOG_SIZE_BYTES: &str = "walship_log_size_bytes";
@@ -52,6 +54,10 @@ fn describe() {
     describe_gauge!(FOLLOWER_LAG_SECONDS, Unit::Seconds, format!("{lag}, in seconds, by stage"));
     describe_gauge!(FOLLOWER_CONNECTED, "1 while the follower is connected to this leader");
     describe_gauge!(TERM, "the node's leadership term");
+    describe_gauge!(
+        DIVERGENT,
+        "1 while this node holds transactions the cluster lost, listed in its divergence report"
+    );
     describe_gauge!(IS_LEADER, "1 on the leader, 0 elsewhere");
     describe_gauge!(LOG_FIRST_INDEX, "the oldest entry the log retains");
     describe_gauge!(LOG_LAST_INDEX, "the newest entry in the log");
@@ -90,28 +96,28 @@ fn describe() {
         metrics::counter!(crate::apply::REPLAY_ROWS_TOTAL, "method" => method).increment(0);
     }
     gauge!(REPLAY_STOPPED).set(0.0);
+    gauge!(DIVERGENT).set(0.0);
 }
 
 /// Sets the gauges from the node's state and renders everything.
 pub fn render(view: &NodeView, handle: &PrometheusHandle) -> Result<String, LogError> {
-    gauge!(TERM).set(view.term.0 as f64);
-    gauge!(IS_LEADER).set(if view.role == Role::Leader { 1.0 } else { 0.0 });
+    let role = view.role.borrow().clone();
+    gauge!(TERM).set(role.term.0 as f64);
+    gauge!(IS_LEADER).set(if role.role == RoleName::Leader { 1.0 } else { 0.0 });
+    gauge!(DIVERGENT).set(if role.role == RoleName::Divergent { 1.0 } else { 0.0 });
     {
         let log = view.log.lock().map_err(|_| LogError::Failed)?;
         gauge!(LOG_FIRST_INDEX).set(log.first_index().map_or(0.0, |i| i.0 as f64));
         gauge!(LOG_LAST_INDEX).set(log.last_written().map_or(0.0, |i| i.index.0 as f64));
         gauge!(LOG_SIZE_BYTES).set(log.size_bytes() as f64);
     }
-    match view.role {
-        Role::Leader => {
-            let progress = view.followers.snapshot();
-            for peer in &view.peers {
-                follower_gauges(view, peer, &progress.get(peer).cloned().unwrap_or_default());
-            }
+    if role.role.serves() {
+        let progress = view.followers.snapshot();
+        for peer in &view.peers {
+            follower_gauges(view, peer, &progress.get(peer).cloned().unwrap_or_default());
         }
-        Role::Follower => {
-            gauge!(APPLIED_INDEX).set(view.applied.borrow().id.map_or(0.0, |id| id.index.0 as f64));
-        }
+    } else {
+        gauge!(APPLIED_INDEX).set(view.applied.borrow().id.map_or(0.0, |id| id.index.0 as f64));
     }
     Ok(handle.render())
 }

@@ -1,7 +1,8 @@
 //! The admin HTTP API: health checks for load balancers ([`health`]), status for people,
-//! metrics for Prometheus. Promotion, switchover and fencing arrive with failover.
+//! metrics for Prometheus, and the writes that change a node's role ([`control`]).
 
 pub mod client;
+pub mod control;
 pub mod health;
 pub mod metrics;
 pub mod status;
@@ -11,15 +12,15 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::Role;
-use crate::node::NodeView;
+use crate::node::inbox::Inbox;
+use crate::node::{NodeView, RoleName};
 use status::Status;
 
 /// How long `/health` waits for PostgreSQL.
@@ -30,6 +31,10 @@ pub struct AdminState {
     pub postgres: tokio_postgres::Config,
     pub view: NodeView,
     pub metrics: PrometheusHandle,
+    /// The node's control loop, which answers promotions, switchovers, fences and claims.
+    pub inbox: Inbox,
+    /// The cluster's token: every POST must carry it.
+    pub token: Option<Arc<[u8]>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -42,6 +47,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readiness", get(readiness).options(readiness))
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
+        .route("/promote", post(control::promote))
+        .route("/switchover", post(control::switchover))
+        .route("/fence", post(control::fence))
+        .route("/node/probe", get(control::probe))
+        .route("/node/claim", post(control::claim))
+        .route("/node/handover", post(control::handover))
         .with_state(state)
 }
 
@@ -68,7 +79,7 @@ async fn health(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
 /// What the health checks decide on (see [`health`]).
 async fn observe(state: &AdminState) -> health::Observed {
     let pg = health::observe_pg(&state.postgres).await;
-    let leads = state.view.role == Role::Leader;
+    let leads = state.view.role.borrow().role == RoleName::Leader;
     let replica_lag = match Status::of(&state.view) {
         Ok(s) if !leads => s.lag_bytes.map(|bytes| health::ReplicaLag { bytes, seconds: s.lag_seconds.unwrap_or(0.0) }),
         _ => None,

@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Role;
 use crate::log::committer::Durable;
 use crate::log::marks::EntryMarks;
 use crate::log::LogError;
@@ -44,6 +43,10 @@ pub struct Status {
     /// On a follower loading a snapshot: how far it has come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seeding: Option<SeedProgress>,
+    /// On a node that diverged: the file listing every transaction it committed that the
+    /// cluster lost, in the `inspect --json` form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergent_report: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,11 +103,12 @@ impl Status {
     pub fn of(view: &NodeView) -> Result<Status, LogError> {
         let index = view.log.lock().map_err(|_| LogError::Failed)?.last_written().map(|id| id.index.0);
         let durable = *view.durable.borrow();
+        let role = view.role.borrow().clone();
         let mut status = Status {
             node: view.node.clone(),
-            role: role_name(view.role).into(),
-            term: view.term.0,
-            leader: None,
+            role: role.role.as_str().into(),
+            term: role.term.0,
+            leader: role.leader.clone(),
             index,
             followers: None,
             applied_index: None,
@@ -113,10 +117,10 @@ impl Status {
             replay: None,
             error: None,
             seeding: None,
+            divergent_report: role.divergent_report.as_ref().map(|p| p.display().to_string()),
         };
-        match view.role {
-            Role::Leader => {
-                status.leader = Some(view.node.clone());
+        match role.role {
+            r if r.serves() => {
                 let progress = view.followers.snapshot();
                 let followers = view
                     .peers
@@ -127,7 +131,7 @@ impl Status {
                     .collect();
                 status.followers = Some(followers);
             }
-            Role::Follower => {
+            _ => {
                 let applied = *view.applied.borrow();
                 let leader = view.leader.borrow().clone();
                 status.applied_index = applied.id.map(|id| id.index.0);
@@ -136,7 +140,7 @@ impl Status {
                 let applied_index = applied.id.map(|id| id.index);
                 let own = lag(applied_index, Some(applied.end_lsn), &durable, &view.marks, now_pg_micros());
                 status.lag_seconds = status.lag_bytes.map(|_| own.seconds);
-                status.leader = leader.map(|l| l.node);
+                status.leader = status.leader.or(leader.map(|l| l.node));
                 status.seeding = *view.seeding.borrow();
                 status.error = view.replay_stopped.borrow().clone();
                 status.replay = Some(replay_state(&status).into());
@@ -163,13 +167,6 @@ fn replay_state(status: &Status) -> &'static str {
 
 /// A follower whose oldest unapplied entry is younger than this is streaming.
 pub const CAUGHT_UP_SECONDS: f64 = 1.0;
-
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Follower => "follower",
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
-//! `data_dir/state.json`: who this node is and what it has set up, written crash-safely.
+//! `data_dir/state.json`: who this node is, its hard state (term, role, grant) and what it has
+//! set up, written crash-safely.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -8,8 +10,12 @@ use crate::config::Role;
 use crate::fsutil::write_atomic;
 use crate::lsn::{Lsn, Term};
 
+use super::hard_state::{HardState, RoleKind};
+
 pub const STATE_FILE: &str = "state.json";
-const STATE_VERSION: u32 = 1;
+/// Version 2 holds the failover machine's [`HardState`]; version 1 (role and term only) is
+/// read and rewritten as version 2 on the next save.
+const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -26,15 +32,26 @@ pub struct NodeState {
     pub version: u32,
     pub cluster: String,
     pub node: String,
-    pub role: StoredRole,
-    pub term: u64,
-    /// Set once this node set up logical decoding on its PostgreSQL.
+    /// Term, role and grant: what the failover machine needs after a restart.
+    pub hard: HardState,
+    /// Set once this node set up logical decoding on its PostgreSQL (replaced when it leads a
+    /// new term, cleared when it follows another leader).
     pub leader: Option<LeaderState>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The first version's shape, read to migrate it.
+#[derive(Deserialize)]
+struct NodeStateV1 {
+    cluster: String,
+    node: String,
+    role: StoredRoleV1,
+    term: u64,
+    leader: Option<LeaderState>,
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum StoredRole {
+enum StoredRoleV1 {
     Leader,
     Follower,
 }
@@ -74,24 +91,13 @@ impl NodeState {
             version: STATE_VERSION,
             cluster: cluster.into(),
             node: node.into(),
-            role: match role {
-                Role::Leader => StoredRole::Leader,
-                Role::Follower => StoredRole::Follower,
-            },
-            term: 1,
+            hard: HardState::initial(role),
             leader: None,
         }
     }
 
-    pub fn role(&self) -> Role {
-        match self.role {
-            StoredRole::Leader => Role::Leader,
-            StoredRole::Follower => Role::Follower,
-        }
-    }
-
     pub fn term(&self) -> Term {
-        Term(self.term)
+        self.hard.term
     }
 
     /// Reads the state of `data_dir`, `None` when there is none yet.
@@ -102,11 +108,29 @@ impl NodeState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let state: NodeState = serde_json::from_slice(&text)
-            .map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
-        if state.version != STATE_VERSION {
-            return Err(StateError::Damaged { path, reason: format!("unknown version {}", state.version) });
+        let damaged = |e: serde_json::Error| StateError::Damaged { path: path.clone(), reason: e.to_string() };
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
         }
+        let state = match serde_json::from_slice::<Versioned>(&text).map_err(damaged)?.version {
+            1 => {
+                let v1: NodeStateV1 = serde_json::from_slice(&text).map_err(damaged)?;
+                let role = match v1.role {
+                    StoredRoleV1::Leader => RoleKind::Leader,
+                    StoredRoleV1::Follower => RoleKind::Follower,
+                };
+                NodeState {
+                    version: STATE_VERSION,
+                    cluster: v1.cluster,
+                    node: v1.node,
+                    hard: HardState { term: Term(v1.term), role, granted: None },
+                    leader: v1.leader,
+                }
+            }
+            STATE_VERSION => serde_json::from_slice(&text).map_err(damaged)?,
+            other => return Err(StateError::Damaged { path, reason: format!("unknown version {other}") }),
+        };
         if state.cluster != cluster || state.node != node {
             return Err(StateError::Foreign {
                 path,
@@ -124,6 +148,35 @@ impl NodeState {
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
         write_atomic(&path, &text).map_err(|source| StateError::Io { path, source })
+    }
+}
+
+/// `state.json` shared by the tasks that change it (the node's control loop, the leader's
+/// source): every change is made and saved under one lock, so no writer loses another's.
+#[derive(Clone, Debug)]
+pub struct SharedState {
+    data_dir: PathBuf,
+    state: Arc<Mutex<NodeState>>,
+}
+
+impl SharedState {
+    pub fn new(data_dir: &Path, state: NodeState) -> SharedState {
+        SharedState { data_dir: data_dir.to_path_buf(), state: Arc::new(Mutex::new(state)) }
+    }
+
+    pub fn get(&self) -> NodeState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the state and saves it crash-safely before returning; on a failed save the
+    /// change is not kept.
+    pub fn update<R>(&self, change: impl FnOnce(&mut NodeState) -> R) -> Result<R, StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = state.clone();
+        let result = change(&mut next);
+        next.save(&self.data_dir)?;
+        *state = next;
+        Ok(result)
     }
 }
 
@@ -154,5 +207,19 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), unparsable).unwrap();
         let err = NodeState::load(dir.path(), "shop", "a").unwrap_err();
         assert!(matches!(&err, StateError::Damaged { reason, .. } if reason.contains("invalid LSN")), "{err}");
+    }
+
+    #[test]
+    fn a_first_version_file_is_read_as_its_hard_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = r#"{"version":1,"cluster":"shop","node":"a","role":"leader","term":3,"leader":null}"#;
+        std::fs::write(dir.path().join(STATE_FILE), v1).unwrap();
+        let state = NodeState::load(dir.path(), "shop", "a").unwrap().unwrap();
+        assert_eq!(state.hard, HardState { term: Term(3), role: RoleKind::Leader, granted: None });
+        assert_eq!(state.version, 2);
+        let shared = SharedState::new(dir.path(), state);
+        shared.update(|s| s.hard.term = Term(4)).unwrap();
+        let again = NodeState::load(dir.path(), "shop", "a").unwrap().unwrap();
+        assert_eq!((again.version, again.hard.term), (2, Term(4)));
     }
 }

@@ -2,11 +2,11 @@
 //! part (the leader its followers' progress, a follower what it applied and what its leader
 //! said), and readers compute lag from them when asked.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::config::Role;
 use crate::log::committer::Durable;
 use crate::log::marks::EntryMarks;
 use crate::log::Log;
@@ -16,6 +16,8 @@ use crate::relay::progress::Followers;
 use crate::relay::LeaderStatus;
 use crate::seed::SeedProgress;
 
+use super::machine::{Node, NodeRole, PeerState};
+
 /// A follower's view of its leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderView {
@@ -24,7 +26,77 @@ pub struct LeaderView {
     pub status: Option<LeaderStatus>,
 }
 
+/// The node's role as the admin API and the metrics show it, published by the control loop
+/// after every change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleView {
+    pub role: RoleName,
+    pub term: Term,
+    /// The leader this node follows, or itself when it leads.
+    pub leader: Option<String>,
+    /// What this node answers a peer's probe.
+    pub probe: PeerState,
+    /// The report of what this node holds that the cluster lost, once written.
+    pub divergent_report: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleName {
+    Starting,
+    Leader,
+    HandingOver,
+    Follower,
+    Promoting,
+    Fenced,
+    Divergent,
+}
+
+impl RoleName {
+    pub fn of(role: &NodeRole) -> RoleName {
+        match role {
+            NodeRole::Starting => RoleName::Starting,
+            NodeRole::Leader { .. } => RoleName::Leader,
+            NodeRole::HandingOver { .. } => RoleName::HandingOver,
+            NodeRole::Follower { .. } => RoleName::Follower,
+            NodeRole::Promoting(_) => RoleName::Promoting,
+            NodeRole::Fenced { .. } => RoleName::Fenced,
+            NodeRole::Divergent { .. } => RoleName::Divergent,
+        }
+    }
+
+    /// As `/status` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleName::Starting => "starting",
+            RoleName::Leader => "leader",
+            RoleName::HandingOver => "handing_over",
+            RoleName::Follower => "follower",
+            RoleName::Promoting => "promoting",
+            RoleName::Fenced => "fenced",
+            RoleName::Divergent => "divergent",
+        }
+    }
+
+    /// Serves followers: a leader, also while it hands over.
+    pub fn serves(self) -> bool {
+        matches!(self, RoleName::Leader | RoleName::HandingOver)
+    }
+}
+
+impl RoleView {
+    pub fn starting(node: &Node) -> RoleView {
+        RoleView {
+            role: RoleName::Starting,
+            term: node.hard_state().term,
+            leader: None,
+            probe: node.probe_answer(),
+            divergent_report: None,
+        }
+    }
+}
+
 /// The writing ends, handed to the role tasks.
+#[derive(Clone)]
 pub struct RoleChannels {
     pub durable: watch::Sender<Durable>,
     pub marks: EntryMarks,
@@ -42,8 +114,7 @@ pub struct RoleChannels {
 pub struct NodeView {
     pub node: String,
     pub cluster: String,
-    pub role: Role,
-    pub term: Term,
+    pub role: watch::Receiver<RoleView>,
     pub peers: Vec<String>,
     pub log: Arc<Mutex<Log>>,
     pub durable: watch::Receiver<Durable>,
@@ -60,8 +131,7 @@ impl NodeView {
     pub fn new(
         node: &str,
         cluster: &str,
-        role: Role,
-        term: Term,
+        role: watch::Receiver<RoleView>,
         peers: Vec<String>,
         log: Arc<Mutex<Log>>,
     ) -> (NodeView, RoleChannels) {
@@ -76,7 +146,6 @@ impl NodeView {
             node: node.to_owned(),
             cluster: cluster.to_owned(),
             role,
-            term,
             peers,
             log,
             durable,

@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{decode_body, decode_header};
 use super::*;
+use crate::log::terms::TermStart;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 
@@ -29,6 +30,14 @@ fn handshake_samples() -> Vec<Message> {
         RefuseCode::NotRetained { first: Index(77) },
         RefuseCode::Busy,
         RefuseCode::Other,
+        RefuseCode::Diverged(Box::new(LeaderTerms {
+            terms: vec![
+                TermStart { term: Term(1), first_index: Index(1) },
+                TermStart { term: Term(3), first_index: Index(90) },
+            ],
+            last: Some(Index(120)),
+        })),
+        RefuseCode::Diverged(Box::new(LeaderTerms { terms: Vec::new(), last: None })),
     ];
     let mut all = vec![
         Message::Challenge(Challenge {
@@ -69,7 +78,10 @@ fn handshake_samples() -> Vec<Message> {
         Message::Error { message: "".into() },
         Message::Error { message: "disk full".into() },
     ];
-    all.extend(codes.into_iter().map(|code| Message::Refuse(Refuse { code, message: format!("because {code}") })));
+    all.extend(codes.into_iter().map(|code| {
+        let message = format!("because {code}");
+        Message::Refuse(Refuse { code, message })
+    }));
     all
 }
 
@@ -189,8 +201,8 @@ fn invalid_fields_are_errors() {
     let mut record = body(&stream_samples()[0]);
     record[1] = 3;
     assert!(matches!(invalid(&record), FrameError::Invalid { field: "kind", .. }));
-    // Refuse with code 9.
-    assert!(matches!(invalid(&[4, 9, 0, 0]), FrameError::Invalid { field: "code", .. }));
+    // Refuse with code 10.
+    assert!(matches!(invalid(&[4, 10, 0, 0]), FrameError::Invalid { field: "code", .. }));
     // Error message that is not UTF-8.
     assert!(matches!(invalid(&[5, 1, 0, 0xff]), FrameError::Invalid { field: "message", .. }));
     // SeedBegin whose position flag is 2.

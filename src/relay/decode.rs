@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::log::terms::TermStart;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 
@@ -110,6 +111,16 @@ fn decode_refuse(c: &mut Cursor) -> Result<Refuse, FrameError> {
         6 => RefuseCode::NotRetained { first: Index(c.u64("first_index")?) },
         7 => RefuseCode::Busy,
         8 => RefuseCode::Other,
+        9 => {
+            let last = c.opt_index("last_index")?;
+            let count = c.u16("terms")?;
+            let mut terms = Vec::with_capacity(usize::from(count));
+            for _ in 0..count {
+                let term = Term(c.u64("term")?);
+                terms.push(TermStart { term, first_index: Index(c.u64("first_index")?) });
+            }
+            RefuseCode::Diverged(Box::new(LeaderTerms { terms, last }))
+        }
         other => return Err(c.invalid("code", format!("unknown refuse code {other}"))),
     };
     Ok(Refuse { code, message: c.string("message")? })

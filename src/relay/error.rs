@@ -96,17 +96,18 @@ impl HandshakeError {
             | HandshakeError::StaleLeader { .. }
             | HandshakeError::StaleTerm { .. }
             | HandshakeError::PeerError { .. } => ErrorClass::Retry,
-            HandshakeError::Refused { code, .. } => refuse_class(*code),
+            HandshakeError::Refused { code, .. } => refuse_class(code),
         }
     }
 }
 
-fn refuse_class(code: RefuseCode) -> ErrorClass {
+fn refuse_class(code: &RefuseCode) -> ErrorClass {
     match code {
         RefuseCode::WrongCluster
         | RefuseCode::BadProof
         | RefuseCode::UnsupportedVersion
         | RefuseCode::NotRetained { .. }
+        | RefuseCode::Diverged(_)
         | RefuseCode::Other => ErrorClass::Operator,
         RefuseCode::NotLeader | RefuseCode::StaleTerm | RefuseCode::Busy => ErrorClass::Retry,
     }

@@ -2,6 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::log::terms::TermStart;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 
@@ -65,7 +66,7 @@ pub struct Welcome {
 }
 
 /// Why a leader refuses a follower.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefuseCode {
     WrongCluster,
     BadProof,
@@ -79,6 +80,16 @@ pub enum RefuseCode {
     },
     Busy,
     Other,
+    /// The follower's last entry is not in the leader's log: the leader's term history and
+    /// last index, from which the follower finds where the two logs branch.
+    Diverged(Box<LeaderTerms>),
+}
+
+/// A leader's term history and last index, sent to a follower whose log diverged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderTerms {
+    pub terms: Vec<TermStart>,
+    pub last: Option<Index>,
 }
 
 /// Leader -> follower: the follower is refused; the leader closes after sending it.
@@ -223,8 +234,20 @@ fn encode_welcome(w: &Welcome, buf: &mut BytesMut) -> Result<(), FrameError> {
 fn encode_refuse(r: &Refuse, buf: &mut BytesMut) {
     buf.put_u8(T_REFUSE);
     buf.put_u8(r.code.to_u8());
-    if let RefuseCode::NotRetained { first } = r.code {
-        buf.put_u64_le(first.0);
+    match &r.code {
+        RefuseCode::NotRetained { first } => buf.put_u64_le(first.0),
+        RefuseCode::Diverged(leader) => {
+            let LeaderTerms { terms, last } = leader.as_ref();
+            put_opt_index(buf, *last);
+            // A term history has one start per promotion: a u16 count is plenty, and bounded.
+            let count = terms.len().min(usize::from(u16::MAX));
+            buf.put_u16_le(count as u16);
+            for start in &terms[..count] {
+                buf.put_u64_le(start.term.0);
+                buf.put_u64_le(start.first_index.0);
+            }
+        }
+        _ => {}
     }
     put_text(buf, &r.message);
 }
@@ -272,7 +295,7 @@ fn encode_seed_table(schema: &str, name: &str, columns: &[String], buf: &mut Byt
 }
 
 impl RefuseCode {
-    pub(super) fn to_u8(self) -> u8 {
+    pub(super) fn to_u8(&self) -> u8 {
         match self {
             RefuseCode::WrongCluster => 1,
             RefuseCode::BadProof => 2,
@@ -282,6 +305,7 @@ impl RefuseCode {
             RefuseCode::NotRetained { .. } => 6,
             RefuseCode::Busy => 7,
             RefuseCode::Other => 8,
+            RefuseCode::Diverged(_) => 9,
         }
     }
 }
@@ -297,6 +321,7 @@ impl std::fmt::Display for RefuseCode {
             RefuseCode::NotRetained { first } => write!(f, "not retained (first index {first})"),
             RefuseCode::Busy => f.write_str("busy"),
             RefuseCode::Other => f.write_str("other"),
+            RefuseCode::Diverged(_) => f.write_str("diverged"),
         }
     }
 }

@@ -43,7 +43,9 @@
 //!                                 | flushed opt_entry | seed bool | nonce | proof mac
 //!  3    Welcome       L -> F      term u64 | leader_node str | first_index opt_index
 //!                                 | last_index opt_index | proof mac
-//!  4    Refuse        L -> F      code u8 | [first_index u64, only for code 6] | message str
+//!  4    Refuse        L -> F      code u8 | [first_index u64, only for code 6]
+//!                                 | [last_index opt_index | count u16 | (term u64 | first_index
+//!                                 u64)*, only for code 9: the leader's term history] | message str
 //!  5    Error         either      message str
 //! 10    Record        L -> F      kind u8 (1 chunk, 2 entry) | term u64 | index u64 | payload blob
 //! 11    LeaderStatus  L -> F      last_index opt_index | durable_end_lsn u64 | time_us i64
@@ -148,15 +150,24 @@ pub use codec::encode_frame;
 pub use error::{FrameError, HandshakeError};
 pub use framed::{FrameReader, FrameWriter};
 pub use handshake::{Accepted, FollowerHandshake, LeaderHandshake, LogRange, Refused, Session, StreamStart};
-pub use message::{Ack, Challenge, Hello, LeaderStatus, Message, Refuse, RefuseCode, Welcome};
+pub use message::{Ack, Challenge, Hello, LeaderStatus, LeaderTerms, Message, Refuse, RefuseCode, Welcome};
 
 use std::time::Duration;
 
 use crate::log::MAX_RECORD_BYTES;
+use crate::lsn::Term;
 
 /// Version of this protocol, sent in `Challenge` and `Hello`.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// How long either side waits without hearing from the other (`relay.timeout` by default).
+/// What a node's relay answers: as the leader of `term`, or as a node that does not lead
+/// (its challenge says so, and a hello is refused with `NotLeader`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serving {
+    pub term: Term,
+    pub leading: bool,
+}
+
 pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A follower acknowledges at least this often, changed or not.
 pub const ACK_INTERVAL: Duration = Duration::from_secs(1);

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::log::{Log, LogError};
 use crate::lsn::Index;
 use crate::relay::progress::{FollowerProgress, Followers};
+use crate::relay::Serving;
 
 /// How often the leader reconsiders what to keep.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
@@ -47,13 +49,24 @@ pub fn retain_from(needed: Option<Index>, segments: &[(Index, u64)], cap: u64) -
     Some(keep_from)
 }
 
-/// Applies retention every [`RETENTION_INTERVAL`] until `cancel`.
-pub async fn run(log: Arc<Mutex<Log>>, followers: Followers, peers: Vec<String>, cap: u64, cancel: CancellationToken) {
+/// Applies retention every [`RETENTION_INTERVAL`] while this node leads, until `cancel`. A
+/// node that does not lead keeps its whole log: replay may still need any of it.
+pub async fn run(
+    log: Arc<Mutex<Log>>,
+    followers: Followers,
+    peers: Vec<String>,
+    cap: u64,
+    serving: watch::Receiver<Serving>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(RETENTION_INTERVAL);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !serving.borrow().leading {
+            continue;
         }
         let (log, progress, peers) = (log.clone(), followers.snapshot(), peers.clone());
         let outcome = tokio::task::spawn_blocking(move || apply(&log, &progress, &peers, cap)).await;

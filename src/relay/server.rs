@@ -22,11 +22,11 @@ use crate::log::entry::EntryHeader;
 use crate::log::tail::Tail;
 use crate::log::{Log, LogError, Record, RecordKind};
 use crate::lsn::unix_micros_now;
-use crate::lsn::{EntryId, Index, Lsn, Term};
+use crate::lsn::{EntryId, Index, Lsn};
 use crate::relay::progress::Followers;
 use crate::relay::{
-    FrameError, FrameReader, FrameWriter, HandshakeError, LeaderHandshake, LeaderStatus, LogRange, Message,
-    StreamStart, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
+    FrameError, FrameReader, FrameWriter, HandshakeError, LeaderHandshake, LeaderStatus, LeaderTerms, LogRange,
+    Message, Refuse, RefuseCode, Serving, StreamStart, HANDSHAKE_MAX_FRAME_BYTES, MAX_FRAME_BYTES,
 };
 use crate::seed::{Export, SeedError};
 
@@ -91,7 +91,9 @@ impl ServeError {
 pub struct RelayServer {
     pub cluster: String,
     pub node: String,
-    pub term: Term,
+    /// Whether this node leads, and its term: a connection streams only while it leads the
+    /// term it was accepted at.
+    pub serving: watch::Receiver<Serving>,
     pub token: Arc<[u8]>,
     pub log: Arc<Mutex<Log>>,
     pub followers: Followers,
@@ -102,6 +104,21 @@ pub struct RelayServer {
     pub publication: String,
     /// How long a follower may stay silent, or a write to it take (`relay.timeout`).
     pub timeout: Duration,
+}
+
+/// Resolves once this node no longer leads the term of `accepted`.
+async fn stops_serving(mut serving: watch::Receiver<Serving>, accepted: Serving) {
+    loop {
+        {
+            let now = *serving.borrow_and_update();
+            if !now.leading || now.term != accepted.term {
+                return;
+            }
+        }
+        if serving.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Accepts followers until `cancel`; every connection's task is awaited before returning.
@@ -150,7 +167,9 @@ impl RelayServer {
         let mut reader = FrameReader::new(r);
         reader.set_max_frame_bytes(HANDSHAKE_MAX_FRAME_BYTES);
         let mut writer = FrameWriter::new(w);
-        let handshake = LeaderHandshake::new(&self.cluster, &self.node, self.term, true, &self.token, self.range()?)?;
+        let serving = *self.serving.borrow();
+        let handshake =
+            LeaderHandshake::new(&self.cluster, &self.node, serving.term, serving.leading, &self.token, self.range()?)?;
         writer.send(&Message::Challenge(handshake.challenge())).await?;
         let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
             Err(_) => return Err(ServeError::HandshakeTimeout),
@@ -169,7 +188,11 @@ impl RelayServer {
         };
         if let Some(flushed) = accepted.flushed {
             if let Err(e) = self.check_holds(flushed) {
-                let _ = writer.send(&Message::Error { message: e.to_string() }).await;
+                let message = match self.divergence_refusal(&e) {
+                    Some(refuse) => Message::Refuse(refuse),
+                    None => Message::Error { message: e.to_string() },
+                };
+                let _ = writer.send(&message).await;
                 return Err(e);
             }
         }
@@ -189,7 +212,14 @@ impl RelayServer {
             },
         };
         info!(follower = %accepted.follower, from = %from, "follower connected");
-        let result = self.stream(&mut reader, &mut writer, &accepted.follower, from, cancel).await;
+        let streamed = self.stream(&mut reader, &mut writer, &accepted.follower, from, cancel);
+        let result = tokio::select! {
+            result = streamed => result,
+            () = stops_serving(self.serving.clone(), serving) => {
+                info!(follower = %accepted.follower, "no longer leading this term: closing the stream");
+                Ok(())
+            }
+        };
         self.followers.disconnected(&accepted.follower);
         result
     }
@@ -245,6 +275,18 @@ impl RelayServer {
             }
         }
         Ok(())
+    }
+
+    /// The `Refuse` that tells a follower its log diverged, with this log's term history, from
+    /// which it finds the branch point; `None` for other errors.
+    fn divergence_refusal(&self, error: &ServeError) -> Option<Refuse> {
+        let ServeError::Diverged { .. } = error else { return None };
+        let log = self.log.lock().ok()?;
+        let code = RefuseCode::Diverged(Box::new(LeaderTerms {
+            terms: log.terms().starts().to_vec(),
+            last: log.last_flushed().map(|id| id.index),
+        }));
+        Some(Refuse { code, message: error.to_string() })
     }
 
     /// The follower's last entry must be in this log with the same term.

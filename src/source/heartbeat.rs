@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::log::entry::HEARTBEAT_PREFIX;
 use crate::lsn::unix_micros_now;
-use crate::lsn::Term;
+use crate::lsn::{Lsn, Term};
 use crate::sequences::{self, Observed, Shipper, SEQUENCES_PREFIX};
 use crate::source::builder::heartbeat_content;
 
@@ -91,6 +91,16 @@ async fn beat(
     let content = heartbeat_content(node, term, unix_micros_now());
     c.execute("SELECT pg_logical_emit_message(false, $1, $2)", &[&HEARTBEAT_PREFIX, &content]).await?;
     Ok(())
+}
+
+/// Emits one heartbeat on a fresh session and returns the WAL position where it ends: once
+/// the log's durable end reaches it, the log holds every transaction committed before.
+pub async fn emit(pg: &tokio_postgres::Config, node: &str, term: Term) -> Result<Lsn, tokio_postgres::Error> {
+    let client = crate::sql::connect(pg).await?;
+    let content = heartbeat_content(node, term, unix_micros_now());
+    let row =
+        client.query_one("SELECT pg_logical_emit_message(false, $1, $2)::text", &[&HEARTBEAT_PREFIX, &content]).await?;
+    Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
 }
 
 /// Emits the sequences that moved, as [`crate::sequences`] rules, through the WAL.

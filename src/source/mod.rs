@@ -34,8 +34,9 @@ use crate::log::committer::{self, Durable, WriteCmd, Writer};
 use crate::log::entry::EntryError;
 use crate::log::marks::EntryMarks;
 use crate::log::{Log, LogError};
+use crate::lsn::Term;
 use crate::lsn::{EntryId, Index, Lsn};
-use crate::node::{NodeState, StateError};
+use crate::node::{SharedState, StateError};
 use builder::{BuildError, EntryBuilder};
 use conn::{ReplConnection, ReplError};
 use stream::{ReplStream, SharedSink};
@@ -91,28 +92,40 @@ impl SourceError {
     }
 }
 
-/// Runs the leader's source until `cancel`: sets PostgreSQL up, then streams into `log`,
-/// publishing what is durable on `durable_tx` and marking durable entries in `marks`.
+/// Runs the leader's source for `term` until `cancel`: sets PostgreSQL up, then streams into
+/// `log`, publishing what is durable on `durable_tx` and marking durable entries in `marks`.
+/// `ready` fires once the slot exists: from then on every write PostgreSQL commits reaches
+/// the log, so clients may be let in.
+///
+/// Positions: LSNs belong to one server's WAL. The log's entries of older terms came from
+/// another leader's WAL, so they say nothing about this slot: the source resumes after the
+/// last entry of its own term, or from the slot's consistent point when it has none yet.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_leader(
     config: Arc<Config>,
-    mut state: NodeState,
+    term: Term,
+    state: SharedState,
     log: Arc<Mutex<Log>>,
     durable_tx: watch::Sender<Durable>,
     marks: EntryMarks,
+    ready: tokio::sync::oneshot::Sender<()>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
-    let term = state.term();
     let span = info_span!("source", node = %config.node, term = %term);
     async move {
         let mut durable = {
             let log = log.lock().map_err(|_| LogError::Failed)?;
             Durable::of_log(&log).map_err(|e| SourceError::Entry(e.0, e.1))?
         };
-        let log_end = durable.last.map(|_| durable.end_lsn);
+        let own_term = durable.last.is_some_and(|last| last.term == term);
+        if !own_term {
+            durable.end_lsn = Lsn::ZERO;
+        }
+        let log_end = own_term.then_some(durable.end_lsn);
         let mut backoff = Backoff::default();
         // First start: the publication and slot must exist before anything is streamed.
         let leader = loop {
-            match prepare(&config, &mut state, log_end).await {
+            match prepare(&config, &state, log_end).await {
                 Ok(leader) => break leader,
                 Err(e) => wait_or_fail(e, &mut backoff, &cancel).await?,
             }
@@ -127,6 +140,7 @@ pub async fn run_leader(
         durable.end_lsn = durable.end_lsn.max(leader.consistent_point);
         let next_index = durable.last.map_or_else(|| log_first_or_one(&log), |last| Ok(last.index.next()))?;
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
+        let _ = ready.send(());
         let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
         let durable_rx = durable_tx.subscribe();
@@ -158,13 +172,13 @@ pub async fn run_leader(
 
 async fn prepare(
     config: &Config,
-    state: &mut NodeState,
+    state: &SharedState,
     log_end: Option<Lsn>,
 ) -> Result<crate::node::LeaderState, SourceError> {
     let client = crate::sql::connect(&config.postgres).await?;
     setup::ensure_publication(&client, &config.source.publication).await?;
     let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
-    let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, &config.data_dir, log_end).await?;
+    let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, log_end).await?;
     repl.close().await;
     Ok(leader)
 }

@@ -1,12 +1,10 @@
 //! Preparing the leader's PostgreSQL: the publication, and the slot with its consistent point.
 
-use std::path::Path;
-
 use tracing::{info, warn};
 
 use crate::config::SourceSettings;
 use crate::lsn::Lsn;
-use crate::node::{LeaderState, NodeState};
+use crate::node::{LeaderState, SharedState};
 use crate::source::conn::{ReplConnection, SystemId};
 use crate::source::SourceError;
 use crate::sql::quote_ident;
@@ -16,7 +14,11 @@ use crate::sql::quote_ident;
 pub async fn ensure_publication(client: &tokio_postgres::Client, publication: &str) -> Result<(), SourceError> {
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?.is_some();
     if !exists {
-        let sql = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
+        // In replica mode: a fenced database's event trigger refuses DDL from other sessions.
+        let sql = format!(
+            "BEGIN; SET LOCAL session_replication_role = replica; CREATE PUBLICATION {} FOR ALL TABLES; COMMIT",
+            quote_ident(publication)
+        );
         client.batch_execute(&sql).await?;
         info!(publication, "created publication for all tables");
     }
@@ -45,19 +47,19 @@ pub async fn ensure_publication(client: &tokio_postgres::Client, publication: &s
     Ok(())
 }
 
-/// Makes sure this node's slot exists. On first start the slot is created with an exported
-/// snapshot and its consistent point is recorded in `state.json` before anything is streamed;
-/// afterwards the slot must still be there and belong to the same PostgreSQL system.
+/// Makes sure this node's slot exists. On first start (and when this node begins a new term)
+/// the slot is created with an exported snapshot and its consistent point is recorded in
+/// `state.json` before anything is streamed; afterwards the slot must still be there and belong
+/// to the same PostgreSQL system.
 pub async fn ensure_slot(
     repl: &mut ReplConnection,
     client: &tokio_postgres::Client,
-    state: &mut NodeState,
+    state: &SharedState,
     settings: &SourceSettings,
-    data_dir: &Path,
     log_end: Option<Lsn>,
 ) -> Result<LeaderState, SourceError> {
     let system = repl.identify_system().await?;
-    if let Some(leader) = &state.leader {
+    if let Some(leader) = &state.get().leader {
         check_existing(client, leader, &system, log_end).await?;
         return Ok(leader.clone());
     }
@@ -86,8 +88,7 @@ pub async fn ensure_slot(
         system_id: system.system_id,
         consistent_point: created.consistent_point,
     };
-    state.leader = Some(leader.clone());
-    state.save(data_dir)?;
+    state.update(|s| s.leader = Some(leader.clone()))?;
     info!(slot = %leader.slot, consistent_point = %leader.consistent_point, "created replication slot");
     Ok(leader)
 }
@@ -127,4 +128,22 @@ async fn check_existing(
         ))),
         _ => Ok(()),
     }
+}
+
+/// Drops the slot this node made when it led before, if any, and forgets it: a node that
+/// follows another leader must not hold WAL back for a slot nobody reads, and a node that
+/// leads a new term starts from a slot made after everything it replayed.
+pub async fn drop_own_slot(client: &tokio_postgres::Client, state: &SharedState) -> Result<(), SourceError> {
+    let Some(leader) = state.get().leader else { return Ok(()) };
+    let dropped = client
+        .query_opt(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&leader.slot],
+        )
+        .await?;
+    state.update(|s| s.leader = None)?;
+    if dropped.is_some() {
+        info!(slot = %leader.slot, "dropped this node's replication slot from an earlier term");
+    }
+    Ok(())
 }

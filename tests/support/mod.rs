@@ -186,6 +186,13 @@ impl Sidecar {
         );
     }
 
+    /// Waits until this sidecar leads with its PostgreSQL open to client writes (`/leader`).
+    pub fn wait_writable(&self) {
+        wait_until(Duration::from_secs(30), "the leader to take writes", || {
+            http_get(self.admin_port, "/leader").is_ok_and(|(code, _)| code == 200)
+        });
+    }
+
     /// The log's entries as `walship inspect --json` prints them.
     pub fn inspect(&self) -> Vec<serde_json::Value> {
         inspect(&self.data_dir())
@@ -194,10 +201,13 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     /// Kills the process if it still runs, then fails the test on an unexpected ERROR line
-    /// (not when the test is failing already: its own message matters more).
+    /// (when the test is failing already, prints the log's tail instead).
     fn drop(&mut self) {
         let _ = self.inner.kill();
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            // The test failed: what the sidecar said helps find out why.
+            eprintln!("--- sidecar {} log, last {TAIL_LINES} lines:\n{}", self.node, self.log_tail());
+        } else {
             self.assert_no_errors();
         }
     }
@@ -225,10 +235,24 @@ pub fn inspect(data_dir: &Path) -> Vec<serde_json::Value> {
 
 /// HTTP GET on loopback without a client library: returns the status code and the body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http(port, "GET", path, None)
+}
+
+/// `POST path` with the test token as a bearer token, or none.
+#[allow(dead_code)] // not every test binary posts
+pub fn http_post(port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    http(port, "POST", path, token)
+}
+
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    stream.set_read_timeout(Some(Duration::from_secs(70)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let code = response

@@ -1,6 +1,7 @@
 //! What can end a follower's connection to its leader, and how each is handled.
 
 use crate::error::ErrorClass;
+use crate::log::terms::TermStart;
 use crate::lsn::{EntryId, Index};
 use crate::relay::{FrameError, HandshakeError};
 use crate::seed::SeedError;
@@ -31,6 +32,12 @@ pub enum FollowError {
     WriterGone,
     #[error("heard nothing from the leader for {0:?} (relay.timeout)")]
     Idle(std::time::Duration),
+    /// The leader does not hold this node's last entry: the logs branched. `terms` and `last`
+    /// are the leader's term history and last index, to find where.
+    #[error("leader {leader} does not hold this node's last entry: this node's log has diverged")]
+    Diverged { leader: String, terms: Vec<TermStart>, last: Option<Index> },
+    #[error("this node did not adopt leader {leader}'s term {term}")]
+    TermNotAdopted { leader: String, term: crate::lsn::Term },
 }
 
 impl FollowError {
@@ -47,7 +54,9 @@ impl FollowError {
                 ErrorClass::Operator
             }
             FollowError::Seed(e) => e.class(),
-            FollowError::WriterGone => ErrorClass::Fatal,
+            FollowError::WriterGone | FollowError::Diverged { .. } | FollowError::TermNotAdopted { .. } => {
+                ErrorClass::Fatal
+            }
         }
     }
 }

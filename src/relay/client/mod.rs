@@ -39,7 +39,7 @@ use crate::config::{Config, Peer};
 use crate::log::committer::{Durable, WriteCmd};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::node::LeaderView;
-use crate::relay::{FollowerHandshake, Session, StreamStart};
+use crate::relay::{FollowerHandshake, HandshakeError, RefuseCode, Session, StreamStart};
 use crate::seed::SeedProgress;
 
 use connect::Connection;
@@ -97,7 +97,25 @@ pub struct LinkChannels {
     pub leader: watch::Sender<Option<LeaderView>>,
     /// Progress of a snapshot being loaded, for `/status`.
     pub seeding: watch::Sender<Option<SeedProgress>>,
+    /// The term this node adopted durably: entries of a leader's term are streamed only once
+    /// it is at least that term.
+    pub term: watch::Receiver<Term>,
+    /// Which leader accepted this node, and when it lost it.
+    pub events: mpsc::UnboundedSender<LinkEvent>,
 }
+
+/// What the link tells the node about its leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The leader's handshake found this node's last entry in its log; nothing is streamed
+    /// until this node adopted `term`.
+    Accepted { leader: String, term: Term },
+    /// The connection to `leader` ended; the link looks for a leader again.
+    Lost { leader: String },
+}
+
+/// How long a link waits for the node to adopt its leader's term.
+pub const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whom to follow: the peer that says it leads, at `term` or a newer one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,12 +187,17 @@ impl FollowerLink {
                 Ok(opened) => {
                     resume = opened.resume;
                     backoff.reset();
-                    self.stream(opened, &cancel).await
+                    let leader = opened.session.leader_node.clone();
+                    self.adopt(&leader, opened.session.term, &cancel).await?;
+                    let streamed = self.stream(opened, &cancel).await;
+                    let _ = self.channels.events.send(LinkEvent::Lost { leader });
+                    streamed
                 }
                 Err(e) => Err(e),
             };
             let delay = match result {
                 Ok(()) => return Ok(resume),
+                Err(e @ (FollowError::Diverged { .. } | FollowError::TermNotAdopted { .. })) => return Err(e),
                 Err(e) => match backoff.after_failure(e.class(), &e, "following the leader") {
                     Some(delay) => delay,
                     None => return Err(e),
@@ -187,14 +210,36 @@ impl FollowerLink {
         }
     }
 
+    /// Tells the node which leader accepted it, and waits until the node adopted the leader's
+    /// term durably (it persists it before publishing it), so that no entry of that term is
+    /// appended before.
+    async fn adopt(&mut self, leader: &str, term: Term, cancel: &CancellationToken) -> Result<(), FollowError> {
+        let accepted = LinkEvent::Accepted { leader: leader.to_owned(), term };
+        let _ = self.channels.events.send(accepted);
+        let adopted = self.channels.term.wait_for(|adopted| *adopted >= term);
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            result = tokio::time::timeout(ADOPT_TIMEOUT, adopted) => match result {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(FollowError::TermNotAdopted { leader: leader.to_owned(), term }),
+            },
+        }
+    }
+
     /// Finds the leader, shakes hands and, if the leader is to send a snapshot, loads it.
     async fn open(&self, target: Target, resume: Resume) -> Result<Opened, FollowError> {
         let addr = find_leader(&self.config.peers, &self.config.cluster, target.term).await?;
         let mut connection = Connection::dial(addr, self.config.timeout).await?;
         let handshake = connection.handshake(self.handshake(target, resume)?);
-        let session = tokio::time::timeout(self.config.timeout, handshake)
-            .await
-            .map_err(|_| FollowError::Idle(self.config.timeout))??;
+        let session = match tokio::time::timeout(self.config.timeout, handshake).await {
+            Err(_) => return Err(FollowError::Idle(self.config.timeout)),
+            Ok(Err(FollowError::Handshake(HandshakeError::Refused {
+                leader,
+                code: RefuseCode::Diverged(theirs),
+                ..
+            }))) => return Err(FollowError::Diverged { leader, terms: theirs.terms, last: theirs.last }),
+            Ok(session) => session?,
+        };
         let (from, resume) = match session.start {
             StreamStart::From(from) => (from, resume),
             StreamStart::Seed => {

@@ -1,19 +1,34 @@
 //! `walship run`: one sidecar, its tasks and its shutdown.
+//!
+//! - `mod.rs` (this file): set-up, the admin API and the relay, and shutdown.
+//! - `control.rs`: the control loop, which owns the failover machine and executes its
+//!   commands: it starts and stops the leader's source and the follower task.
+//! - `fencer.rs`: keeps PostgreSQL writable for clients only while this node leads.
+//! - `peers.rs`: probes, claims and hand-overs sent to the peers' admin API.
+
+pub mod control;
+mod fencer;
+pub mod peers;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Mode, Role};
-use crate::follower::{self, FollowerError};
+use crate::config::{Config, Mode};
+use crate::follower::FollowerError;
 use crate::log::{Log, LogError, LogOptions};
-use crate::node::{NodeState, NodeView, RoleChannels, StateError};
+use crate::node::{Node, NodeConfig, NodeState, NodeView, RoleChannels, RoleKind, RoleView, SharedState, StateError};
 use crate::relay::server::RelayServer;
-use crate::relay::{self};
-use crate::source::{self, SourceError};
+use crate::relay::{self, Serving};
+use crate::source::SourceError;
+use control::Control;
+use fencer::Fencer;
+use peers::Peers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -45,6 +60,9 @@ pub enum SidecarError {
     ModeUnsupported(&'static str),
 }
 
+/// How long a switchover waits for its target before the leader takes writes again.
+pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
     let config = Arc::new(config);
@@ -68,12 +86,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let options = LogOptions { segment_bytes: config.log.segment_bytes };
     let log =
         tokio::task::spawn_blocking(move || Log::open(&log_dir, options)).await.map_err(|_| LogError::Failed)??;
-    info!(node = %config.node, role = ?state.role(), term = %state.term(), last = ?log.last_written(), "sidecar starting");
+    info!(node = %config.node, role = ?state.hard.role, term = %state.term(), last = ?log.last_written(), "sidecar starting");
     let log = Arc::new(Mutex::new(log));
 
     let token = read_token(&config)?;
-    let peers = config.peers.iter().map(|p| p.node.clone()).collect();
-    let (view, channels) = NodeView::new(&config.node, &config.cluster, state.role(), state.term(), peers, log.clone());
+    if token.is_none() && state.hard.role != RoleKind::Leader {
+        return Err(SidecarError::NoToken);
+    }
+    let peer_names: Vec<String> = config.peers.iter().map(|p| p.node.clone()).collect();
+    let node_config = NodeConfig {
+        node: config.node.clone(),
+        peers: peer_names.clone(),
+        lease: false,
+        switchover_timeout: SWITCHOVER_TIMEOUT,
+    };
+    let node = Node::new(node_config, state.hard.clone());
+    let (role_tx, role_rx) = watch::channel(RoleView::starting(&node));
+    let serving = watch::Sender::new(Serving { term: state.term(), leading: false });
+    let (view, channels) = NodeView::new(&config.node, &config.cluster, role_rx, peer_names, log.clone());
+    let (inbox, inputs) = mpsc::unbounded_channel();
 
     let tasks = TaskTracker::new();
     let metrics = admin::metrics::install().map_err(SidecarError::Metrics)?;
@@ -82,27 +113,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         postgres: config.postgres.clone(),
         view: view.clone(),
         metrics,
+        inbox: inbox.clone(),
+        token: token.clone(),
     });
     let admin_addr = config.admin;
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|source| SidecarError::Admin { addr: admin_addr, source })?;
     let admin = tasks.spawn(admin::serve(listener, admin_state, shutdown.child_token()));
+    start_relay(&config, &view, &channels, token.clone(), serving.subscribe(), &tasks, &shutdown).await?;
 
-    let role_result = match state.role() {
-        Role::Leader => {
-            start_relay(&config, &state, &view, &channels, token, &tasks, &shutdown).await?;
-            source::run_leader(config.clone(), state, log, channels.durable, channels.marks, shutdown.clone())
-                .await
-                .map_err(SidecarError::from)
-        }
-        Role::Follower => {
-            let token = token.ok_or(SidecarError::NoToken)?;
-            follower::run(config.clone(), state, log, token, channels, shutdown.clone())
-                .await
-                .map_err(SidecarError::from)
-        }
+    let fencer = Fencer::spawn(config.postgres.clone(), shutdown.child_token());
+    let peers = Peers {
+        peers: config.peers.clone(),
+        token: token.as_ref().map(|t| Arc::from(String::from_utf8_lossy(t).as_ref())),
     };
+    let control = Control::new(
+        config.clone(),
+        node,
+        SharedState::new(&config.data_dir, state),
+        log,
+        channels,
+        token,
+        peers,
+        fencer,
+        role_tx,
+        serving,
+        inbox,
+        shutdown.clone(),
+    );
+    let role_result = control.run(inputs).await;
     if let Err(e) = &role_result {
         error!(error = %e, "sidecar stopping");
     }
@@ -118,14 +158,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     }
 }
 
-/// Serves the log to followers on `listen`, when a token is configured, and keeps what they
-/// need of it.
+/// Serves this node's log on `listen` when a token is configured: as the leader while it
+/// leads, otherwise answering that it does not; and keeps what followers need of the log.
 async fn start_relay(
     config: &Arc<Config>,
-    state: &NodeState,
     view: &NodeView,
     channels: &RoleChannels,
     token: Option<Arc<[u8]>>,
+    serving: watch::Receiver<Serving>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), SidecarError> {
@@ -140,7 +180,7 @@ async fn start_relay(
     let server = Arc::new(RelayServer {
         cluster: config.cluster.clone(),
         node: config.node.clone(),
-        term: state.term(),
+        serving: serving.clone(),
         token,
         log: view.log.clone(),
         followers: channels.followers.clone(),
@@ -156,6 +196,7 @@ async fn start_relay(
         channels.followers.clone(),
         view.peers.clone(),
         cap,
+        serving,
         shutdown.child_token(),
     );
     tasks.spawn(retention);

@@ -1,0 +1,121 @@
+//! Keeps the local PostgreSQL writable for clients only while this node leads: the desired
+//! state is set by `MakeWritable` / `MakeReadOnly`, and one task applies it (see
+//! [`crate::fence`]), again every [`RECHECK`] so that a PostgreSQL that restarted or was
+//! changed by hand is put back.
+//!
+//! Every change has a generation. `MakeWritable` takes effect only once the leader's source
+//! is ready (its slot exists, so no client write can be missed), and only if no later
+//! `MakeReadOnly` came in between.
+
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::fence;
+
+/// How often the fence is checked against the desired state.
+pub const RECHECK: Duration = Duration::from_secs(5);
+/// How long `MakeReadOnly` waits for the database to be fenced before going on.
+pub const FENCE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Desired {
+    writable: bool,
+    generation: u64,
+}
+
+/// The control loop's handle on the fence task.
+pub struct Fencer {
+    desired: watch::Sender<Desired>,
+    /// The generation the task last applied, with the state it applied.
+    applied: watch::Receiver<Option<Desired>>,
+}
+
+impl Fencer {
+    /// Starts the task on `pg`, wanting the database read-only.
+    pub fn spawn(pg: tokio_postgres::Config, cancel: CancellationToken) -> Fencer {
+        let desired = watch::Sender::new(Desired { writable: false, generation: 0 });
+        let (applied_tx, applied) = watch::channel(None);
+        tokio::spawn(run(pg, desired.subscribe(), applied_tx, cancel));
+        Fencer { desired, applied }
+    }
+
+    /// Read-only from now on; waits (up to [`FENCE_WAIT`]) until the database is fenced.
+    pub async fn make_read_only(&mut self) {
+        let mut generation = 0;
+        self.desired.send_modify(|d| {
+            d.generation += 1;
+            d.writable = false;
+            generation = d.generation;
+        });
+        let done = self.applied.wait_for(|a| a.is_some_and(|a| a.generation >= generation && !a.writable));
+        if tokio::time::timeout(FENCE_WAIT, done).await.is_err() {
+            error!("PostgreSQL is not fenced yet (is it down?): retrying every {RECHECK:?}");
+        }
+    }
+
+    /// Writable once `ready` fires (the source's slot exists), unless made read-only again
+    /// before.
+    pub fn make_writable(&mut self, ready: Option<oneshot::Receiver<()>>) {
+        let mut generation = 0;
+        self.desired.send_modify(|d| {
+            d.generation += 1;
+            generation = d.generation;
+        });
+        let desired = self.desired.clone();
+        tokio::spawn(async move {
+            if let Some(ready) = ready {
+                if ready.await.is_err() {
+                    return;
+                }
+            }
+            desired.send_if_modified(|d| {
+                let current = d.generation == generation;
+                if current {
+                    d.writable = true;
+                }
+                current
+            });
+        });
+    }
+}
+
+async fn run(
+    pg: tokio_postgres::Config,
+    mut desired: watch::Receiver<Desired>,
+    applied: watch::Sender<Option<Desired>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let want = *desired.borrow_and_update();
+        let changed = applied.borrow().is_none_or(|a| a != want);
+        match apply(&pg, want.writable, changed).await {
+            Ok(()) => {
+                applied.send_replace(Some(want));
+            }
+            Err(e) => warn!(error = %e, writable = want.writable, "cannot set PostgreSQL's fence; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = desired.changed() => {}
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+}
+
+/// Fences or unfences. A new read-only request fences again even when the database is
+/// fenced (which ends writers and covers tables created since); a recheck only repairs.
+async fn apply(pg: &tokio_postgres::Config, writable: bool, changed: bool) -> Result<(), fence::FenceError> {
+    let client = crate::sql::connect(pg)
+        .await
+        .map_err(|source| fence::FenceError::Postgres { action: "connect to PostgreSQL", source })?;
+    let fenced = fence::is_fenced(&client).await?;
+    match (writable, fenced) {
+        (true, true) => fence::unfence(&client).await,
+        (false, false) => fence::fence(&client).await,
+        (false, true) if changed => fence::fence(&client).await,
+        _ => Ok(()),
+    }
+}
