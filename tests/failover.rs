@@ -18,9 +18,10 @@ const LEADER_SCHEMA: &str = "CREATE ROLE app LOGIN;
     CREATE TABLE orders (id bigserial PRIMARY KEY, note text NOT NULL);
     GRANT ALL ON orders TO app;
     GRANT ALL ON SEQUENCE orders_id_seq TO app;";
-/// Privileges are not part of a snapshot (issue 12): a follower grants them itself, in replica
-/// mode so that its fence lets the statement through.
+/// Privileges are not part of a snapshot (issue 12): a follower grants them itself, as a
+/// superuser may through its fence.
 const FOLLOWER_GRANTS: &str = "SET session_replication_role = replica;
+    SET default_transaction_read_only = off;
     GRANT ALL ON orders TO app;
     GRANT ALL ON SEQUENCE orders_id_seq TO app;";
 
@@ -168,4 +169,143 @@ fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leade
     assert_eq!(lost, 7, "{report}");
     let (_, metrics) = http_get(a.admin_port, "/metrics").unwrap();
     assert!(metrics.contains("walship_divergent 1"), "{metrics}");
+}
+
+/// A client that inserts rows one by one into whichever node takes them, as an application
+/// behind a router would; it records every insert the database acknowledged and the longest
+/// time it could not write.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<i64>, Duration)>,
+}
+
+impl Writer {
+    fn start(pgs: &[Instance; 3]) -> Writer {
+        let targets: Vec<tokio_postgres::Config> = pgs
+            .iter()
+            .map(|pg| {
+                let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
+                config.user("app").application_name("a client").connect_timeout(Duration::from_secs(1));
+                config
+            })
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (mut acknowledged, mut longest, mut last_ok) =
+                    (Vec::new(), Duration::ZERO, std::time::Instant::now());
+                let (mut target, mut next) = (0usize, 1i64);
+                let mut client: Option<tokio_postgres::Client> = None;
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = match targets[target].connect(NoTls).await {
+                            Ok((c, connection)) => {
+                                tokio::spawn(connection);
+                                Some(c)
+                            }
+                            Err(_) => None,
+                        };
+                    }
+                    let inserted = match &client {
+                        Some(c) => {
+                            c.execute("INSERT INTO orders (note) VALUES ($1)", &[&format!("w{next}")]).await.is_ok()
+                        }
+                        None => false,
+                    };
+                    if inserted {
+                        acknowledged.push(next);
+                        next += 1;
+                        longest = longest.max(last_ok.elapsed());
+                        last_ok = std::time::Instant::now();
+                    } else {
+                        // Refused (fenced) or gone: try the next node.
+                        client = None;
+                        target = (target + 1) % targets.len();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                (acknowledged, longest)
+            })
+        });
+        Writer { stop, thread }
+    }
+
+    fn finish(self) -> (Vec<i64>, Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The `wN` rows a node holds.
+fn written(pg: &Instance) -> std::collections::BTreeSet<i64> {
+    pg.psql("postgres", "SELECT substr(note, 2) FROM orders WHERE note LIKE 'w%'")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn switchover(from: &Sidecar, to: &str) -> Value {
+    let (code, body) = http_post(from.admin_port, &format!("/switchover?to={to}"), Some(TEST_TOKEN)).unwrap();
+    assert_eq!(code, 200, "{body}\n{}", from.log_tail());
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn a_switchover_under_writes_loses_no_acknowledged_insert_and_can_be_switched_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pgs = three_instances();
+    pgs[0].psql("postgres", LEADER_SCHEMA).unwrap();
+    for pg in &pgs[1..] {
+        pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
+    }
+    let [mut a, mut b, mut c] = three_sidecars(dir.path(), &pgs);
+    a.start();
+    a.wait_writable();
+    b.start();
+    c.start();
+    insert(&pgs[0], "first", 10);
+    wait_until(Duration::from_secs(60), "both followers to apply the first rows", || {
+        count(&pgs[1], "true") == 10 && count(&pgs[2], "true") == 10
+    });
+    for pg in &pgs[1..] {
+        pg.psql("postgres", FOLLOWER_GRANTS).unwrap();
+    }
+    wait_until(Duration::from_secs(10), "b and c connected to a", || {
+        status(&a)["followers"].as_array().is_some_and(|f| f.iter().all(|f| f["connected"] == true))
+    });
+
+    let writer = Writer::start(&pgs);
+    std::thread::sleep(Duration::from_millis(500));
+    let to_b = switchover(&a, "b");
+    assert_eq!((to_b["leader"].as_str(), to_b["term"].as_u64()), (Some("b"), Some(2)), "{to_b}");
+    std::thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), "b to take writes", || http_get(b.admin_port, "/leader").unwrap().0 == 200);
+    wait_until(Duration::from_secs(30), "a to follow b", || {
+        status(&a)["leader"] == "b" && status(&a)["role"] == "follower"
+    });
+    let (acknowledged, pause) = writer.finish();
+    assert!(acknowledged.len() > 10, "the client wrote only {} rows", acknowledged.len());
+    let on_b = written(&pgs[1]);
+    let missing: Vec<_> = acknowledged.iter().filter(|w| !on_b.contains(w)).collect();
+    assert!(missing.is_empty(), "acknowledged inserts missing on the new leader: {missing:?}");
+    eprintln!("switchover a -> b: {to_b}; longest write pause seen by the client {pause:?}");
+    wait_until(Duration::from_secs(30), "a and c to hold everything b has", || {
+        written(&pgs[0]) == written(&pgs[1]) && written(&pgs[2]) == written(&pgs[1])
+    });
+
+    // And back: a leads again at term 3, b follows it.
+    wait_until(Duration::from_secs(10), "a and c connected to b", || {
+        status(&b)["followers"].as_array().is_some_and(|f| f.iter().all(|f| f["connected"] == true))
+    });
+    let back = switchover(&b, "a");
+    assert_eq!((back["leader"].as_str(), back["term"].as_u64()), (Some("a"), Some(3)), "{back}");
+    a.wait_writable();
+    insert(&pgs[0], "back", 5);
+    wait_until(Duration::from_secs(30), "b and c to follow a again", || {
+        count(&pgs[1], "note = 'back'") == 5 && count(&pgs[2], "note = 'back'") == 5 && status(&b)["leader"] == "a"
+    });
+    assert_eq!(c.log_text().matches("asking the leader for a snapshot").count(), 1, "c was seeded again");
 }

@@ -248,6 +248,21 @@ impl Applier {
         }
     }
 
+    /// Records that this database holds every entry through `position`, whatever progress it
+    /// recorded before. For a former leader about to follow: its database wrote the entries
+    /// of its own terms, and replayed those before them.
+    pub async fn record_source_through(&mut self, position: AppliedPosition) -> Result<(), ApplyError> {
+        if !self.txn.is_idle() {
+            return Err(ApplyError::TransactionOpen("record_source_through"));
+        }
+        let params = progress::upsert_params(&position, None);
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params[..4].iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        self.client.execute(progress::OVERWRITE, &params).await.map_err(pg("record walship.progress"))?;
+        self.committed = Some(position);
+        Ok(())
+    }
+
     /// Fences the database against client writes ([`crate::fence`]: triggers only a
     /// superuser can remove; the apply session, in replica mode, still writes), or lifts the
     /// fence. Covers the tables that exist now: call it again after replaying DDL.

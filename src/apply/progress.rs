@@ -34,6 +34,15 @@ pub(super) const UPSERT: &str = "INSERT INTO walship.progress AS p \
      commit_time = excluded.commit_time, updated_at = excluded.updated_at \
      WHERE p.term = $5 AND p.applied_index = $6";
 
+/// [`UPSERT`] whatever the row held before: for a database that is the source of every entry
+/// through the one recorded (a former leader about to follow).
+pub(super) const OVERWRITE: &str = "INSERT INTO walship.progress AS p \
+     (singleton, term, applied_index, end_lsn, commit_time, updated_at) \
+     VALUES (true, $1, $2, $3, $4, now()) \
+     ON CONFLICT (singleton) DO UPDATE SET term = excluded.term, \
+     applied_index = excluded.applied_index, end_lsn = excluded.end_lsn, \
+     commit_time = excluded.commit_time, updated_at = excluded.updated_at";
+
 /// A parameter the pipeline can own.
 pub(super) type OwnedParam = Box<dyn ToSql + Send + Sync>;
 

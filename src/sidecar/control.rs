@@ -24,11 +24,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::apply::AppliedPosition;
 use crate::config::Config;
 use crate::divergence::{self, Divergence};
 use crate::follower::{self, FollowerError, NodeLink};
 use crate::log::committer::Durable;
-use crate::log::Log;
+use crate::log::entry::EntryHeader;
+use crate::log::{Log, RecordKind};
 use crate::lsn::{EntryId, Index, Term};
 use crate::node::inbox::{Input, Request};
 use crate::node::machine::{Command, Event, Node, NodeRole, Progress, RequestId, Response, Vote};
@@ -335,28 +337,19 @@ impl Control {
                 self.serving.send_replace(Serving { term, leading });
             }
             Command::MakeWritable => {
+                if let (Some(term), None) = (self.node.leading(), &self.leading) {
+                    // Leading again after a switchover that timed out: the source stopped.
+                    self.start_leading(term, None).await?;
+                }
                 let ready = self.leader_ready.take();
                 self.fencer.make_writable(ready);
             }
             Command::MakeReadOnly => self.fencer.make_read_only().await,
             Command::AwaitDrained => {
-                let (config, durable, inbox) =
-                    (self.config.clone(), self.channels.durable.subscribe(), self.inbox.clone());
-                let term = self.node.hard_state().term;
-                tokio::spawn(async move {
-                    let last = match tokio::time::timeout(DRAIN_TIMEOUT, drain(&config, term, durable)).await {
-                        Ok(Ok(last)) => last,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "could not confirm that the log holds every committed write");
-                            return;
-                        }
-                        Err(_) => {
-                            warn!("the log did not reach PostgreSQL's end within {DRAIN_TIMEOUT:?}");
-                            return;
-                        }
-                    };
-                    let _ = inbox.send(Input::Event(Event::WritesStopped { last }));
-                });
+                // The source stops once it logged everything: the log is final for this term.
+                self.stop_leading().await?;
+                let last = self.log.lock().ok().and_then(|log| log.last_written());
+                let _ = self.inbox.send(Input::Event(Event::WritesStopped { last }));
             }
             Command::AskPromote { node, term } => {
                 let (peers, from) = (self.peers.clone(), self.config.node.clone());
@@ -403,29 +396,47 @@ impl Control {
 
     /// Before a node that led follows another: its WAL may hold transactions it never logged
     /// (it stopped without draining). They are the cluster's loss: reported, and the node is
-    /// divergent (`false`). Otherwise its slot is dropped (`true`).
+    /// divergent (`false`). Otherwise its database is recorded as holding every entry of its
+    /// log (it wrote or replayed them all), so that replay goes on after them, and its slot is
+    /// dropped (`true`). Retried while PostgreSQL does not answer.
     async fn give_up_slot(&mut self) -> Result<bool, SidecarError> {
-        let last = self.log.lock().ok().and_then(|log| log.last_written());
-        let summary = self.write_report(last.map(|id| id.index)).await;
-        match summary {
-            Some(s) if s.wal_transactions > 0 => {
-                let branch_point = last.map_or(Index(0), |id| id.index);
-                warn!(transactions = s.wal_transactions, report = %s.path.display(), "this node's PostgreSQL committed transactions it never logged");
-                self.step_boxed(Event::DivergenceFound { branch_point }).await?;
-                Ok(false)
-            }
-            Some(s) => {
+        let mut backoff = crate::backoff::Backoff::default();
+        loop {
+            let last = self.log.lock().ok().and_then(|log| log.last_written());
+            if let Some(s) = self.write_report(last.map(|id| id.index)).await {
+                if s.wal_transactions > 0 {
+                    let branch_point = last.map_or(Index(0), |id| id.index);
+                    warn!(transactions = s.wal_transactions, report = %s.path.display(), "this node's PostgreSQL committed transactions it never logged");
+                    self.step_boxed(Event::DivergenceFound { branch_point }).await?;
+                    return Ok(false);
+                }
                 // Nothing was lost: no report to keep.
                 self.report = None;
                 let _ = std::fs::remove_file(&s.path);
-                let client = crate::sql::connect(&self.config.postgres).await.map_err(SourceError::from)?;
-                source::setup::drop_own_slot(&client, &self.state).await?;
-                Ok(true)
+                match self.hand_database_to_replay().await {
+                    Ok(()) => return Ok(true),
+                    Err(e) => warn!(error = %e, "cannot record this database's position before following"),
+                }
             }
-            // The check failed (PostgreSQL unreachable): keep the slot and follow; the check
-            // runs again at the next Follow.
-            None => Ok(true),
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
+    }
+
+    /// Records that the database holds the log's last entry, then drops the slot.
+    async fn hand_database_to_replay(&mut self) -> Result<(), SidecarError> {
+        if let Some(position) = last_position(&self.log) {
+            let mut applier =
+                crate::apply::Applier::connect(&self.config.postgres).await.map_err(FollowerError::from)?;
+            applier.record_source_through(position).await.map_err(FollowerError::from)?;
+            info!(through = %position.id, "this database holds every entry of its log: replay goes on after it");
+        }
+        let client = crate::sql::connect(&self.config.postgres).await.map_err(SourceError::from)?;
+        source::setup::drop_own_slot(&client, &self.state).await?;
+        Ok(())
     }
 
     fn step_boxed<'a>(
@@ -499,7 +510,7 @@ impl Control {
     }
 
     /// Stops the source once it logged everything PostgreSQL committed (PostgreSQL is
-    /// read-only by now), or after [`DRAIN_TIMEOUT`].
+    /// read-only by now), or after [`DRAIN_TIMEOUT`]. Nothing when it is stopped already.
     async fn stop_leading(&mut self) -> Result<(), SidecarError> {
         let Some(task) = self.leading.take() else { return Ok(()) };
         let durable = self.channels.durable.subscribe();
@@ -548,6 +559,22 @@ impl Control {
             }
         }
     }
+}
+
+/// The log's last entry as replay records it.
+fn last_position(log: &Mutex<Log>) -> Option<AppliedPosition> {
+    let (last, mut reader) = {
+        let log = log.lock().ok()?;
+        let last = log.last_written()?;
+        (last, log.reader(last.index).ok()?)
+    };
+    while let Some(record) = reader.next().ok()? {
+        if record.kind == RecordKind::Entry && record.id == last {
+            let header = EntryHeader::decode(&record.payload).ok()?;
+            return Some(AppliedPosition { id: last, end_lsn: header.end_lsn, commit_time: header.commit_time });
+        }
+    }
+    None
 }
 
 /// Resolves when the task ends, never when there is none.
