@@ -75,11 +75,6 @@ fn as_app(pg: &Instance, sql: &str) -> Option<SqlState> {
     })
 }
 
-fn slot_exists(pg: &Instance, slot: &str) -> bool {
-    pg.psql("postgres", &format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}'"))
-        .is_ok_and(|out| out.trim() == "1")
-}
-
 #[test]
 fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leader_returns_fenced() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +85,7 @@ fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leade
     }
     let [mut a, mut b, mut c] = three_sidecars(dir.path(), &pgs);
     a.start();
-    wait_until(Duration::from_secs(30), "the leader's slot", || slot_exists(&pgs[0], "walship_a"));
+    a.wait_writable();
     b.start();
     c.start();
     insert(&pgs[0], "first", 100);

@@ -128,3 +128,17 @@ async fn fencing_ends_a_write_transaction_in_flight_so_it_cannot_commit_after() 
     // A session that only read is left alone.
     reader.batch_execute("SELECT count(*) FROM shop.orders; COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_before_the_fence_is_refused_after_it() {
+    let pg = Instance::start(Options::default()).unwrap();
+    pg.psql("postgres", SCHEMA).unwrap();
+    let admin = superuser(&pg).await;
+    let app = connect(&pg, "app").await;
+    let insert = app.prepare("INSERT INTO shop.orders VALUES ($1, 'prepared')").await.unwrap();
+    app.execute(&insert, &[&1i32]).await.unwrap();
+    fence::fence(&admin).await.unwrap();
+    let refused = app.execute(&insert, &[&2i32]).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION), "{refused}");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM shop.orders").unwrap(), "1");
+}

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use crate::lsn::{EntryId, Lsn};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,9 +21,17 @@ pub struct FollowerProgress {
 }
 
 /// Progress of every follower that ever connected, by node name.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Followers {
     inner: Arc<Mutex<BTreeMap<String, FollowerProgress>>>,
+    /// Bumped at every change, for those who react to acknowledgements.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Followers {
+    fn default() -> Followers {
+        Followers { inner: Arc::default(), changes: watch::Sender::new(0) }
+    }
 }
 
 impl Followers {
@@ -56,6 +66,11 @@ impl Followers {
         });
     }
 
+    /// Changes whenever a follower's progress does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, FollowerProgress> {
         self.inner.lock().map(|m| m.clone()).unwrap_or_default()
     }
@@ -64,6 +79,7 @@ impl Followers {
         if let Ok(mut map) = self.inner.lock() {
             f(map.entry(node.to_owned()).or_default());
         }
+        self.changes.send_modify(|n| *n += 1);
     }
 }
 

@@ -140,6 +140,7 @@ impl Control {
         let mut tick = tokio::time::interval(TICK);
         let mut durable = self.channels.durable.subscribe();
         let mut replayed = self.channels.applied.subscribe();
+        let mut acked = self.channels.followers.subscribe();
         let result = loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break Ok(()),
@@ -162,6 +163,10 @@ impl Control {
                     if let Some(applied) = applied {
                         self.step(Event::ReplayCaughtUp { applied: applied.index }).await?;
                     }
+                }
+                Ok(()) = acked.changed() => {
+                    acked.borrow_and_update();
+                    self.followers_changed().await?;
                 }
                 _ = tick.tick() => {
                     self.followers_changed().await?;
@@ -215,6 +220,8 @@ impl Control {
     /// The leader's view of its followers, as acks move it.
     async fn followers_changed(&mut self) -> Result<(), SidecarError> {
         if !RoleName::of(self.node.role()).serves() {
+            // Leading again later, the machine starts from no followers: tell it all anew.
+            self.known_followers.clear();
             return Ok(());
         }
         let now: BTreeMap<String, Progress> = self

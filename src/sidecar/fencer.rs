@@ -7,6 +7,8 @@
 //! is ready (its slot exists, so no client write can be missed), and only if no later
 //! `MakeReadOnly` came in between.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -29,6 +31,10 @@ struct Desired {
 /// The control loop's handle on the fence task.
 pub struct Fencer {
     desired: watch::Sender<Desired>,
+    /// The newest request's generation. A `MakeWritable` waiting for its source changes the
+    /// desired state only if no request came after it, and until then leaves it alone (a
+    /// needless fence would hold up the slot's creation).
+    generation: Arc<AtomicU64>,
     /// The generation the task last applied, with the state it applied.
     applied: watch::Receiver<Option<Desired>>,
 }
@@ -39,17 +45,13 @@ impl Fencer {
         let desired = watch::Sender::new(Desired { writable: false, generation: 0 });
         let (applied_tx, applied) = watch::channel(None);
         tokio::spawn(run(pg, desired.subscribe(), applied_tx, cancel));
-        Fencer { desired, applied }
+        Fencer { desired, applied, generation: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Read-only from now on; waits (up to [`FENCE_WAIT`]) until the database is fenced.
     pub async fn make_read_only(&mut self) {
-        let mut generation = 0;
-        self.desired.send_modify(|d| {
-            d.generation += 1;
-            d.writable = false;
-            generation = d.generation;
-        });
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.desired.send_replace(Desired { writable: false, generation });
         let done = self.applied.wait_for(|a| a.is_some_and(|a| a.generation >= generation && !a.writable));
         if tokio::time::timeout(FENCE_WAIT, done).await.is_err() {
             error!("PostgreSQL is not fenced yet (is it down?): retrying every {RECHECK:?}");
@@ -59,22 +61,20 @@ impl Fencer {
     /// Writable once `ready` fires (the source's slot exists), unless made read-only again
     /// before.
     pub fn make_writable(&mut self, ready: Option<oneshot::Receiver<()>>) {
-        let mut generation = 0;
-        self.desired.send_modify(|d| {
-            d.generation += 1;
-            generation = d.generation;
-        });
-        let desired = self.desired.clone();
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let (desired, newest) = (self.desired.clone(), self.generation.clone());
         tokio::spawn(async move {
             if let Some(ready) = ready {
                 if ready.await.is_err() {
                     return;
                 }
             }
+            // Under the watch's lock: a later request either came before (and wins) or
+            // waits for this one to be written (and overwrites it).
             desired.send_if_modified(|d| {
-                let current = d.generation == generation;
+                let current = newest.load(Ordering::SeqCst) == generation;
                 if current {
-                    d.writable = true;
+                    *d = Desired { writable: true, generation };
                 }
                 current
             });

@@ -93,10 +93,14 @@ async fn beat(
     Ok(())
 }
 
-/// Emits one heartbeat on a fresh session and returns the WAL position where it ends: once
-/// the log's durable end reaches it, the log holds every transaction committed before.
+/// Ships every sequence, then emits one heartbeat, on a fresh session; returns the WAL
+/// position where the heartbeat ends: once the log's durable end reaches it, the log holds
+/// every transaction committed before, and every sequence as it is now (plus the margin).
+/// Used when writes have stopped (a switchover), so that the next leader's sequences start
+/// beyond every value handed out here.
 pub async fn emit(pg: &tokio_postgres::Config, node: &str, term: Term) -> Result<Lsn, tokio_postgres::Error> {
     let client = crate::sql::connect(pg).await?;
+    ship_sequences(&client, &mut Shipper::default(), Duration::ZERO).await?;
     let content = heartbeat_content(node, term, unix_micros_now());
     let row =
         client.query_one("SELECT pg_logical_emit_message(false, $1, $2)::text", &[&HEARTBEAT_PREFIX, &content]).await?;
