@@ -62,7 +62,22 @@ pub struct Config {
     /// `relay.timeout`: how long either side of a relay connection waits without hearing
     /// from the other before it closes the connection.
     pub relay_timeout: Duration,
+    pub failover: FailoverSettings,
 }
+
+/// `[failover]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailoverSettings {
+    /// `lease_timeout`: a leader that has not heard from a majority of the cluster (itself
+    /// included) for this long fences itself. `None` (`"off"`, the default): it never does.
+    pub lease_timeout: Option<Duration>,
+    /// `switchover_timeout`: how long a switchover waits for its target before the leader
+    /// takes writes again.
+    pub switchover_timeout: Duration,
+}
+
+/// How long a switchover waits for its target by default.
+pub const DEFAULT_SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a commit waits for followers before a non-strict leader degrades to async.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,6 +127,15 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     relay: RawRelay,
+    #[serde(default)]
+    failover: RawFailover,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    lease_timeout: Option<String>,
+    switchover_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -225,6 +249,7 @@ impl Config {
         if relay_timeout < 2 * crate::relay::ACK_INTERVAL {
             return Err(invalid("relay.timeout", "must be at least 2s (followers acknowledge every second)".into()));
         }
+        let failover = failover_settings(raw.failover, peers.len()).map_err(|(k, r)| invalid(k, r))?;
         let log = LogSettings {
             segment_bytes: raw.log.segment_bytes.unwrap_or(64 << 20).max(1 << 16),
             retain_max_bytes: raw.log.retain_max_bytes.unwrap_or(DEFAULT_RETAIN_MAX_BYTES),
@@ -247,6 +272,7 @@ impl Config {
             source,
             log,
             relay_timeout,
+            failover,
         })
     }
 
@@ -254,6 +280,37 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
     }
+}
+
+fn failover_settings(raw: RawFailover, peers: usize) -> Result<FailoverSettings, (&'static str, String)> {
+    let lease_timeout = match raw.lease_timeout.as_deref() {
+        None | Some("off") => None,
+        Some(text) => Some(parse_duration(text).map_err(|r| ("failover.lease_timeout", r))?),
+    };
+    if let Some(timeout) = lease_timeout {
+        if timeout < 2 * crate::relay::ACK_INTERVAL {
+            return Err((
+                "failover.lease_timeout",
+                "must be at least 2s (followers acknowledge every second), or \"off\"".into(),
+            ));
+        }
+        if peers < 2 {
+            return Err((
+                "failover.lease_timeout",
+                "needs at least three nodes: in a two-node cluster the leader would fence itself whenever its \
+                 one follower is away; set \"off\""
+                    .into(),
+            ));
+        }
+    }
+    let switchover_timeout = match raw.switchover_timeout {
+        None => DEFAULT_SWITCHOVER_TIMEOUT,
+        Some(text) => parse_duration(&text).map_err(|r| ("failover.switchover_timeout", r))?,
+    };
+    if switchover_timeout.is_zero() {
+        return Err(("failover.switchover_timeout", "must be more than 0s".into()));
+    }
+    Ok(FailoverSettings { lease_timeout, switchover_timeout })
 }
 
 fn source_settings(node: &str, raw: RawSource) -> Result<SourceSettings, (&'static str, String)> {
@@ -358,6 +415,16 @@ sync_timeout = "10s"
         assert_eq!(c.source.slot, "walship_b");
         assert_eq!(c.source.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(c.postgres.get_dbname(), Some("app"));
+        assert_eq!(c.failover, FailoverSettings { lease_timeout: None, switchover_timeout: Duration::from_secs(10) });
+        let three = EXAMPLE.replace(
+            "[replication]",
+            "[[peers]]\nnode = \"c\"\nrelay = \"10.0.0.3:7400\"\nadmin = \"10.0.0.3:7480\"\n\
+             [failover]\nlease_timeout = \"5s\"\n[replication]",
+        );
+        let c = Config::parse(Path::new("x.toml"), &three).unwrap();
+        assert_eq!(c.failover.lease_timeout, Some(Duration::from_secs(5)));
+        let short = three.replace("\"5s\"", "\"1s\"");
+        assert!(Config::parse(Path::new("x.toml"), &short).is_err());
     }
 
     #[test]
@@ -372,6 +439,9 @@ sync_timeout = "10s"
             ("[replication]", "[relay]\ntimeout = \"500ms\"\n[replication]", "relay.timeout"),
             ("sync_timeout = \"10s\"", "sync_timeout = \"0s\"", "replication.sync_timeout"),
             ("mode = \"async\"\nsync_quorum = 1", "mode = \"semi-sync\"\nsync_quorum = 2", "replication.sync_quorum"),
+            // One peer: a lease would fence the leader whenever its follower is away.
+            ("[replication]", "[failover]\nlease_timeout = \"5s\"\n[replication]", "failover.lease_timeout"),
+            ("[replication]", "[failover]\nswitchover_timeout = \"0s\"\n[replication]", "failover.switchover_timeout"),
         ];
         for (from, to, key) in cases {
             let text = EXAMPLE.replace(from, to);

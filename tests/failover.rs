@@ -304,3 +304,49 @@ fn a_switchover_under_writes_loses_no_acknowledged_insert_and_can_be_switched_ba
     });
     assert_eq!(c.log_text().matches("asking the leader for a snapshot").count(), 1, "c was seeded again");
 }
+
+#[test]
+fn a_leader_cut_off_from_its_majority_fences_itself_and_leads_again_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pgs = three_instances();
+    pgs[0].psql("postgres", LEADER_SCHEMA).unwrap();
+    for pg in &pgs[1..] {
+        pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
+    }
+    let lease = "[failover]\nlease_timeout = \"2s\"\n";
+    let mut a = Sidecar::leader(&dir.path().join("a"), "a", &pgs[0], lease);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &pgs[1], &[&a], lease);
+    let mut c = Sidecar::follower(&dir.path().join("c"), "c", &pgs[2], &[&a, &b], lease);
+    a.add_peer(&b);
+    a.add_peer(&c);
+    b.add_peer(&c);
+    // With the lease on, a leader leads only while a majority answers: b and c first.
+    b.start();
+    c.start();
+    a.start();
+    a.wait_writable();
+    wait_until(Duration::from_secs(30), "b and c to follow a", || {
+        status(&a)["followers"].as_array().is_some_and(|f| f.iter().all(|f| f["connected"] == true))
+    });
+    assert_eq!(as_app(&pgs[0], "INSERT INTO orders (note) VALUES ('before')"), None);
+
+    // b and c freeze (as a partition would look from a): within the lease a fences itself.
+    a.expect_errors(&[]);
+    support::signal(b.pid(), "STOP");
+    support::signal(c.pid(), "STOP");
+    let cut = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "a to fence itself", || status(&a)["role"] == "fenced");
+    assert!(cut.elapsed() < Duration::from_secs(5), "fenced only after {:?}", cut.elapsed());
+    assert_eq!(http_get(a.admin_port, "/leader").unwrap().0, 503);
+    let refused = as_app(&pgs[0], "INSERT INTO orders (note) VALUES ('cut off')");
+    assert_eq!(refused, Some(SqlState::READ_ONLY_SQL_TRANSACTION));
+    assert!(a.log_text().contains("lease lost"), "{}", a.log_tail());
+
+    // Back together, a leads again at the same term (nobody else claimed one).
+    support::signal(b.pid(), "CONT");
+    support::signal(c.pid(), "CONT");
+    a.wait_writable();
+    assert_eq!(status(&a)["term"], 1);
+    assert_eq!(as_app(&pgs[0], "INSERT INTO orders (note) VALUES ('after')"), None);
+    wait_until(Duration::from_secs(30), "b to apply a's writes", || count(&pgs[1], "note = 'after'") == 1);
+}

@@ -1,5 +1,6 @@
 //! Sequences reach the followers through the log, ahead of the leader, so that a promoted
-//! follower never hands out an id the old leader handed out.
+//! follower never hands out an id the old leader handed out (`serial` and identity columns,
+//! under load).
 
 #![allow(clippy::unwrap_used)] // a failed step is a failed test
 
@@ -7,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{two_instances, wait_until, Sidecar};
+use support::{http_post, two_instances, wait_until, Sidecar, TEST_TOKEN};
 use walship::localpg::{Instance, StopMode};
 
 const SCHEMA: &str = "CREATE TABLE orders (id serial PRIMARY KEY, note text);
@@ -85,15 +86,21 @@ fn a_follower_holds_every_sequence_ahead_of_the_leader_and_never_repeats_an_id_a
     let invoices_max = invoices_max.max(sequence_value(&leader_pg, "public", "invoices_id_seq").unwrap());
     leader.kill();
     leader_pg.stop(StopMode::Immediate).unwrap();
-    follower.stop();
 
-    // The follower's next ids, as a promoted node would hand them out, repeat none of them.
+    // The follower is promoted (forced: of a two-node cluster, it alone is no majority) and
+    // its next ids repeat none of those the old leader handed out.
+    let (code, body) = http_post(follower.admin_port, "/promote", Some(TEST_TOKEN)).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("force"), "{body}");
+    let (code, body) = http_post(follower.admin_port, "/promote?force=true", Some(TEST_TOKEN)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""unsafe_no_majority":true"#), "{body}");
+    follower.wait_writable();
     let next = follower_pg
         .psql(
             "postgres",
-            "BEGIN READ WRITE; SET LOCAL session_replication_role = replica;
-             INSERT INTO orders (note) VALUES ('after') RETURNING id;
-             INSERT INTO invoices (amount) VALUES (2) RETURNING id; COMMIT;",
+            "INSERT INTO orders (note) VALUES ('after') RETURNING id;
+             INSERT INTO invoices (amount) VALUES (2) RETURNING id;",
         )
         .unwrap();
     let next: Vec<i64> = next.lines().filter_map(|l| l.trim().parse().ok()).collect();

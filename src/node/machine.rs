@@ -233,7 +233,7 @@ impl Node {
     }
 
     /// Grants needed to lead: a majority of this node and its peers.
-    pub(super) fn majority(&self) -> usize {
+    pub fn majority(&self) -> usize {
         let cluster = self.config.peers.len() + 1;
         cluster / 2 + 1
     }

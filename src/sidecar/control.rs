@@ -33,7 +33,7 @@ use crate::log::entry::EntryHeader;
 use crate::log::{Log, RecordKind};
 use crate::lsn::{EntryId, Index, Term};
 use crate::node::inbox::{Input, Request};
-use crate::node::machine::{Command, Event, Node, NodeRole, Progress, RequestId, Response, Vote};
+use crate::node::machine::{Command, Event, FenceReason, Node, NodeRole, Progress, RequestId, Response, Vote};
 use crate::node::{NodeId, RoleChannels, RoleName, RoleView, SharedState};
 use crate::relay::client::{FollowError, LinkEvent};
 use crate::relay::Serving;
@@ -86,6 +86,10 @@ pub struct Control {
     report: Option<std::path::PathBuf>,
     /// Fires once the source's slot exists (so that no write a client makes is missed).
     leader_ready: Option<oneshot::Receiver<()>>,
+    /// When this node began leading (the lease counts from then until followers answer).
+    leading_since: Option<Instant>,
+    /// When a node fenced for its lease last tried to lead again.
+    lease_retry: Option<Instant>,
     started: Instant,
 }
 
@@ -129,6 +133,8 @@ impl Control {
             known_followers: BTreeMap::new(),
             report: None,
             leader_ready: None,
+            leading_since: None,
+            lease_retry: None,
             started: Instant::now(),
         }
     }
@@ -170,6 +176,7 @@ impl Control {
                 }
                 _ = tick.tick() => {
                     self.followers_changed().await?;
+                    self.check_lease().await?;
                     self.step(Event::Tick { now: self.started.elapsed() }).await?;
                 }
                 ended = finished(&mut self.following) => self.follower_ended(ended).await?,
@@ -251,6 +258,46 @@ impl Control {
                 Event::FollowerLeft { node }
             };
             self.step(event).await?;
+        }
+        Ok(())
+    }
+
+    /// The built-in lease (`failover.lease_timeout`): a leader holds it while a majority of
+    /// the cluster, itself included, was heard within the timeout (counted from when it began
+    /// leading, for followers not connected yet). A node fenced for losing it tries to lead
+    /// again once per timeout: the machine probes its peers first.
+    async fn check_lease(&mut self) -> Result<(), SidecarError> {
+        let Some(timeout) = self.config.failover.lease_timeout else { return Ok(()) };
+        let now = Instant::now();
+        match self.node.role() {
+            NodeRole::Leader { .. } | NodeRole::HandingOver { .. } => {
+                let since = *self.leading_since.get_or_insert(now);
+                let heard = self
+                    .channels
+                    .followers
+                    .snapshot()
+                    .values()
+                    .filter(|p| p.connected && p.last_ack.is_some_and(|at| now.duration_since(at) < timeout))
+                    .count();
+                let majority = self.node.majority();
+                if heard + 1 < majority && now.duration_since(since) >= timeout {
+                    warn!(
+                        heard = heard + 1,
+                        needed = majority,
+                        timeout_ms = timeout.as_millis() as u64,
+                        "lease lost: this leader has not heard from a majority of the cluster; fencing"
+                    );
+                    self.step(Event::LeaseLost).await?;
+                }
+            }
+            NodeRole::Fenced { reason: FenceReason::LeaseLost } => {
+                self.leading_since = None;
+                if self.lease_retry.is_none_or(|at| now.duration_since(at) >= timeout) {
+                    self.lease_retry = Some(now);
+                    self.step(Event::LeaseRenewed).await?;
+                }
+            }
+            _ => self.leading_since = None,
         }
         Ok(())
     }

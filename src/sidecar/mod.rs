@@ -11,7 +11,6 @@ mod fencer;
 pub mod peers;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -60,9 +59,6 @@ pub enum SidecarError {
     ModeUnsupported(&'static str),
 }
 
-/// How long a switchover waits for its target before the leader takes writes again.
-pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
     let config = Arc::new(config);
@@ -97,8 +93,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let node_config = NodeConfig {
         node: config.node.clone(),
         peers: peer_names.clone(),
-        lease: false,
-        switchover_timeout: SWITCHOVER_TIMEOUT,
+        lease: config.failover.lease_timeout.is_some(),
+        switchover_timeout: config.failover.switchover_timeout,
     };
     let node = Node::new(node_config, state.hard.clone());
     let (role_tx, role_rx) = watch::channel(RoleView::starting(&node));
