@@ -21,6 +21,7 @@ pub mod lsn;
 pub mod node;
 pub mod pgoutput;
 pub mod relay;
+pub mod reseed;
 pub mod seed;
 pub mod sequences;
 pub mod sidecar;

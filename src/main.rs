@@ -66,6 +66,13 @@ enum Command {
         #[command(flatten)]
         token: TokenArg,
     },
+    /// Empty a fenced or divergent node (its database and log; divergence reports stay) so
+    /// that its next start seeds it again from the current leader. The sidecar must be
+    /// stopped.
+    Reseed {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Start a local three-node cluster (from this machine's PostgreSQL binaries) in a
     /// temporary folder, put a write load on its leader and show live lag; Ctrl-C stops it.
     Demo {
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
             admin_write("switchover", &admin, &format!("/switchover?to={to}"), &token)
         }
         Command::Fence { admin, token } => admin_write("fence", &admin, "/fence", &token),
+        Command::Reseed { config } => reseed(config),
         Command::Demo { keep, rows_per_second, duration } => {
             let duration = duration.map(std::time::Duration::from_secs);
             walship::demo::run(walship::demo::Options { keep, rows_per_second, duration })
@@ -192,6 +200,40 @@ fn status(admin: &str, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("walship status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reseed(config_path: PathBuf) -> ExitCode {
+    let config = match walship::config::Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walship: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walship: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(walship::reseed::reseed(&config)) {
+        Ok(done) => {
+            println!(
+                "node {} emptied (schemas dropped: {}); start its sidecar to seed it from the leader",
+                config.node,
+                done.schemas_dropped.join(", ")
+            );
+            for report in done.reports_kept {
+                println!("kept divergence report {}", report.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("walship reseed: {e}");
             ExitCode::FAILURE
         }
     }

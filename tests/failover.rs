@@ -164,6 +164,38 @@ fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leade
     assert_eq!(lost, 7, "{report}");
     let (_, metrics) = http_get(a.admin_port, "/metrics").unwrap();
     assert!(metrics.contains("walship_divergent 1"), "{metrics}");
+
+    // The operator re-seeds it: a follower of b again, with b's rows only; the report stays.
+    let a_config = a.config_path.clone();
+    let reseed = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(["reseed", "--config"])
+            .arg(&a_config)
+            .output()
+            .unwrap()
+    };
+    let refused = reseed();
+    assert!(!refused.status.success(), "reseed ran beside a running sidecar");
+    a.stop();
+    let done = reseed();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("kept divergence report"));
+    a.start();
+    wait_until(Duration::from_secs(60), "a to be seeded from b and follow it", || {
+        let s = status(&a);
+        s["role"] == "follower" && s["leader"] == "b" && count(&pgs[0], "true") == count(&pgs[1], "true")
+    });
+    assert_eq!(count(&pgs[0], "note = 'lost'"), 0);
+    assert!(std::path::Path::new(s["divergent_report"].as_str().unwrap()).exists());
+    let refused = as_app(&pgs[0], "INSERT INTO orders (note) VALUES ('on a follower')");
+    assert_eq!(refused, Some(SqlState::READ_ONLY_SQL_TRANSACTION));
+    // b refuses to be re-seeded: it leads.
+    let healthy = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["reseed", "--config"])
+        .arg(&b.config_path)
+        .output()
+        .unwrap();
+    assert!(!healthy.status.success());
 }
 
 /// A client that inserts rows one by one into whichever node takes them, as an application

@@ -222,7 +222,7 @@ fn read_token(config: &Config) -> Result<Option<Arc<[u8]>>, SidecarError> {
 
 /// Holds an exclusive lock on `data_dir/walship.lock` for as long as the returned file lives,
 /// so two sidecars never write one log.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, SidecarError> {
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, SidecarError> {
     let path = data_dir.join("walship.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
