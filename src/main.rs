@@ -195,6 +195,11 @@ fn status(admin: &str, json: bool) -> ExitCode {
             }
         },
         Ok(status) => {
+            if !status.peers.is_empty() {
+                if let Ok(nodes) = runtime.block_on(walship::admin::client::cluster(admin)) {
+                    println!("{}", walship::admin::client::render_cluster(&nodes));
+                }
+            }
             print!("{}", walship::admin::client::render(&status));
             ExitCode::SUCCESS
         }

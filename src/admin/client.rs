@@ -104,7 +104,68 @@ pub async fn status(url: &str) -> Result<Status, ClientError> {
     serde_json::from_str(&body).map_err(|source| ClientError::Json { addr, source })
 }
 
-/// The cluster as an on-call engineer reads it.
+/// The status of every node the one at `url` knows (itself first, then its peers in the
+/// order of its configuration), each asked directly; an unreachable one shows its error.
+pub async fn cluster(url: &str) -> Result<Vec<(String, Result<Status, ClientError>)>, ClientError> {
+    let own = status(url).await?;
+    let mut nodes = Vec::with_capacity(own.peers.len() + 1);
+    let peers = own.peers.clone();
+    nodes.push((own.node.clone(), Ok(own)));
+    for peer in peers {
+        let url = format!("http://{}", peer.admin);
+        let answer = tokio::time::timeout(PEER_STATUS_TIMEOUT, status(&url))
+            .await
+            .unwrap_or(Err(ClientError::Timeout { addr: peer.admin.clone(), timeout: PEER_STATUS_TIMEOUT }));
+        nodes.push((peer.node, answer));
+    }
+    Ok(nodes)
+}
+
+/// How long `walship status` waits for each peer.
+pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cluster as a table, a row per node, like `patronictl list`.
+pub fn render_cluster(nodes: &[(String, Result<Status, ClientError>)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:<13} {:>5} {:<12} {:>10} {:>10} {:>10} {:<12}",
+        "NODE", "ROLE", "TERM", "LEADER", "INDEX", "APPLIED", "LAG", "REPLAY"
+    );
+    for (node, answer) in nodes {
+        match answer {
+            Ok(s) => {
+                let idx = |i: Option<u64>| i.map_or("-".into(), |i| i.to_string());
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:<13} {:>5} {:<12} {:>10} {:>10} {:>10} {:<12}",
+                    s.node,
+                    s.role,
+                    s.term,
+                    s.leader.as_deref().unwrap_or("-"),
+                    idx(s.index),
+                    idx(s.applied_index),
+                    s.lag_bytes.map_or("-".into(), human_bytes),
+                    s.replay.as_deref().unwrap_or("-")
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{node:<12} UNREACHABLE   {e}");
+            }
+        }
+    }
+    for (_, answer) in nodes {
+        if let Ok(Status { node, divergent_report: Some(report), .. }) = answer {
+            let _ = writeln!(out, "{node} DIVERGED: what it holds that the cluster lost is in {report}");
+        }
+        if let Ok(Status { node, error: Some(error), .. }) = answer {
+            let _ = writeln!(out, "{node} REPLAY STOPPED: {error}");
+        }
+    }
+    out
+}
+
+/// One node as an on-call engineer reads it.
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
     let index = status.index.map_or("-".into(), |i| i.to_string());

@@ -35,6 +35,8 @@ pub struct AdminState {
     pub inbox: Inbox,
     /// The cluster's token: every POST must carry it.
     pub token: Option<Arc<[u8]>>,
+    /// The peers' admin API, listed in `/status`.
+    pub peers: Vec<status::PeerAdmin>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -107,7 +109,9 @@ async fn readiness(State(state): State<Arc<AdminState>>) -> (StatusCode, String)
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Result<Json<Status>, (StatusCode, String)> {
-    Status::of(&state.view).map(Json).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    let mut status = Status::of(&state.view).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    status.peers = state.peers.clone();
+    Ok(Json(status))
 }
 
 async fn metrics_text(State(state): State<Arc<AdminState>>) -> Result<String, (StatusCode, String)> {

@@ -47,6 +47,16 @@ pub struct Status {
     /// cluster lost, in the `inspect --json` form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub divergent_report: Option<String>,
+    /// The other nodes of the cluster and their admin API (`host:port`), so that
+    /// `walship status` can show them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerAdmin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAdmin {
+    pub node: String,
+    pub admin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +128,7 @@ impl Status {
             error: None,
             seeding: None,
             divergent_report: role.divergent_report.as_ref().map(|p| p.display().to_string()),
+            peers: Vec::new(),
         };
         match role.role {
             r if r.serves() => {

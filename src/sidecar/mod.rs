@@ -111,6 +111,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         metrics,
         inbox: inbox.clone(),
         token: token.clone(),
+        peers: config
+            .peers
+            .iter()
+            .map(|p| admin::status::PeerAdmin { node: p.node.clone(), admin: p.admin.clone() })
+            .collect(),
     });
     let admin_addr = config.admin;
     let listener = tokio::net::TcpListener::bind(admin_addr)
