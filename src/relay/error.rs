@@ -63,8 +63,8 @@ pub enum HandshakeError {
         "token mismatch: follower '{follower}' could not prove it knows the shared token (check token_file on both nodes)"
     )]
     FollowerProof { follower: String },
-    #[error("node '{node}' (term {term}) is not the leader")]
-    NotLeader { node: String, term: Term },
+    #[error("node '{node}' (term {term}) is not the leader; {}", leader_hint(.leader))]
+    NotLeader { node: String, term: Term, leader: Option<(String, Term)> },
     #[error(
         "leader '{leader}' is at term {leader_term}, older than this node's term {own_term}: it is a deposed leader"
     )]
@@ -110,5 +110,13 @@ fn refuse_class(code: &RefuseCode) -> ErrorClass {
         | RefuseCode::Diverged(_)
         | RefuseCode::Other => ErrorClass::Operator,
         RefuseCode::NotLeader | RefuseCode::StaleTerm | RefuseCode::Busy => ErrorClass::Retry,
+    }
+}
+
+/// "the leader is 'a' at term 2", or that it is not known.
+fn leader_hint(leader: &Option<(String, Term)>) -> String {
+    match leader {
+        Some((node, term)) => format!("the leader is '{node}' at term {term}"),
+        None => "the leader is not known".to_owned(),
     }
 }

@@ -71,6 +71,8 @@ pub struct LeaderHandshake {
     leader_node: String,
     term: Term,
     is_leader: bool,
+    /// Who leads, as this node knows it, when it does not: named in its refusal.
+    leader: Option<(String, Term)>,
     range: LogRange,
     nonce: Nonce,
 }
@@ -91,9 +93,16 @@ impl LeaderHandshake {
             leader_node: leader_node.to_owned(),
             term,
             is_leader,
+            leader: None,
             range,
             nonce: fresh_nonce(),
         })
+    }
+
+    /// Names the leader in the refusal a node that does not lead sends.
+    pub fn with_leader(mut self, leader: Option<(String, Term)>) -> LeaderHandshake {
+        self.leader = leader;
+        self
     }
 
     /// The message to send as soon as the follower connects.
@@ -166,7 +175,11 @@ impl LeaderHandshake {
             return Err((RefuseCode::StaleTerm, error));
         }
         if !self.is_leader {
-            let error = HandshakeError::NotLeader { node: self.leader_node.clone(), term: self.term };
+            let error = HandshakeError::NotLeader {
+                node: self.leader_node.clone(),
+                term: self.term,
+                leader: self.leader.clone(),
+            };
             return Err((RefuseCode::NotLeader, error));
         }
         Ok(())
@@ -269,7 +282,7 @@ impl FollowerHandshake {
             return Err(HandshakeError::StaleLeader { leader: leader(), leader_term: challenge.term, own_term });
         }
         if !challenge.is_leader {
-            return Err(HandshakeError::NotLeader { node: leader(), term: challenge.term });
+            return Err(HandshakeError::NotLeader { node: leader(), term: challenge.term, leader: None });
         }
         Ok(())
     }

@@ -188,12 +188,14 @@ fn a_follower_with_a_newer_term_refuses_the_old_leader_and_is_refused_by_it() {
 
 #[test]
 fn a_node_that_does_not_lead_is_refused() {
-    let l = leader(3, false, range(1, 9), TOKEN);
+    let l = leader(3, false, range(1, 9), TOKEN).with_leader(Some(("c".into(), Term(3))));
     let mut f = follower("shop", 3, None, TOKEN);
     let error = f.on_challenge(&l.challenge()).unwrap_err();
-    assert_eq!(error.to_string(), "node 'a' (term 3) is not the leader");
+    assert_eq!(error.to_string(), "node 'a' (term 3) is not the leader; the leader is not known");
     let hello = hello_to(&l, &mut f, |c| c.is_leader = true);
-    assert_eq!(refusal(l, &hello).refuse.code, RefuseCode::NotLeader);
+    let refused = refusal(l, &hello);
+    assert_eq!(refused.refuse.code, RefuseCode::NotLeader);
+    assert_eq!(refused.refuse.message, "node 'a' (term 3) is not the leader; the leader is 'c' at term 3");
 }
 
 #[test]

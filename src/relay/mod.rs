@@ -162,10 +162,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// How long either side waits without hearing from the other (`relay.timeout` by default).
 /// What a node's relay answers: as the leader of `term`, or as a node that does not lead
 /// (its challenge says so, and a hello is refused with `NotLeader`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Serving {
     pub term: Term,
     pub leading: bool,
+    /// Who leads when this node does not, if it knows.
+    pub leader: Option<(String, Term)>,
 }
 
 pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(10);

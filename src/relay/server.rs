@@ -110,7 +110,7 @@ pub struct RelayServer {
 async fn stops_serving(mut serving: watch::Receiver<Serving>, accepted: Serving) {
     loop {
         {
-            let now = *serving.borrow_and_update();
+            let now = serving.borrow_and_update().clone();
             if !now.leading || now.term != accepted.term {
                 return;
             }
@@ -167,9 +167,10 @@ impl RelayServer {
         let mut reader = FrameReader::new(r);
         reader.set_max_frame_bytes(HANDSHAKE_MAX_FRAME_BYTES);
         let mut writer = FrameWriter::new(w);
-        let serving = *self.serving.borrow();
+        let serving = self.serving.borrow().clone();
         let handshake =
-            LeaderHandshake::new(&self.cluster, &self.node, serving.term, serving.leading, &self.token, self.range()?)?;
+            LeaderHandshake::new(&self.cluster, &self.node, serving.term, serving.leading, &self.token, self.range()?)?
+                .with_leader(serving.leader.clone());
         writer.send(&Message::Challenge(handshake.challenge())).await?;
         let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
             Err(_) => return Err(ServeError::HandshakeTimeout),

@@ -388,7 +388,8 @@ impl Control {
             Command::ServeRelay { leader } => {
                 let leading = leader.as_ref().is_some_and(|(node, _)| *node == self.config.node);
                 let term = self.node.hard_state().term;
-                self.serving.send_replace(Serving { term, leading });
+                let leader = leader.filter(|_| !leading);
+                self.serving.send_replace(Serving { term, leading, leader });
             }
             Command::MakeWritable => {
                 if let (Some(term), None) = (self.node.leading(), &self.leading) {

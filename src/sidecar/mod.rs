@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     };
     let node = Node::new(node_config, state.hard.clone());
     let (role_tx, role_rx) = watch::channel(RoleView::starting(&node));
-    let serving = watch::Sender::new(Serving { term: state.term(), leading: false });
+    let serving = watch::Sender::new(Serving { term: state.term(), leading: false, leader: None });
     let (view, channels) = NodeView::new(&config.node, &config.cluster, role_rx, peer_names, log.clone());
     let (inbox, inputs) = mpsc::unbounded_channel();
 
