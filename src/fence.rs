@@ -192,7 +192,11 @@ pub async fn unfence(client: &Client) -> Result<(), FenceError> {
 }
 
 async fn unfence_steps(tx: &Client) -> Result<usize, FenceError> {
-    tx.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(pg("begin unfencing"))?;
+    // Dropping a table's trigger waits for its lock: a long reader (a snapshot being exported
+    // for a new follower) must not hold up the fence task for as long as it runs.
+    let setup =
+        format!("SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = {}", LOCK_TIMEOUT.as_millis());
+    tx.batch_execute(&setup).await.map_err(pg("begin unfencing"))?;
     tx.batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {}", quote_ident(TRIGGER)))
         .await
         .map_err(pg("drop the fence event trigger"))?;

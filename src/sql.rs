@@ -30,7 +30,7 @@ pub fn quote_qualified(schema: &str, name: &str) -> String {
 pub const APPLICATION_NAME: &str = "walship";
 
 /// An ordinary SQL connection, its driver running on its own task. Its transactions are
-/// read-write even on a fenced database.
+/// read-write even on a fenced database, and its commits wait for no synchronous standby.
 pub async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut pg = pg.clone();
     pg.connect_timeout(Duration::from_secs(5));
@@ -38,10 +38,13 @@ pub async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Clie
         pg.application_name(APPLICATION_NAME);
     }
     // A fenced database defaults to read-only transactions; walship's own sessions (replay,
-    // heartbeats, the source's set-up) must write through it.
+    // heartbeats, the source's set-up) must write through it. And they never wait for a
+    // synchronous standby: on a node that led in a synchronous mode, that standby was its own
+    // sidecar's replication connection.
+    const OWN: &str = "-c default_transaction_read_only=off -c synchronous_commit=local";
     let options = match pg.get_options() {
-        Some(options) => format!("{options} -c default_transaction_read_only=off"),
-        None => "-c default_transaction_read_only=off".to_owned(),
+        Some(options) => format!("{options} {OWN}"),
+        None => OWN.to_owned(),
     };
     pg.options(&options);
     let (client, connection) = pg.connect(NoTls).await?;

@@ -341,9 +341,9 @@ fn a_switchover_under_writes_loses_no_acknowledged_insert_and_can_be_switched_ba
 fn a_leader_cut_off_from_its_majority_fences_itself_and_leads_again_when_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let pgs = three_instances();
-    pgs[0].psql("postgres", LEADER_SCHEMA).unwrap();
-    for pg in &pgs[1..] {
-        pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
+    // The schema everywhere beforehand: no follower spends the lease loading a snapshot.
+    for pg in &pgs {
+        pg.psql("postgres", LEADER_SCHEMA).unwrap();
     }
     let lease = "[failover]\nlease_timeout = \"2s\"\n";
     let mut a = Sidecar::leader(&dir.path().join("a"), "a", &pgs[0], lease);

@@ -175,6 +175,9 @@ pub fn render(status: &Status) -> String {
         "node {}  role {}  term {}  log index {}  leader {}",
         status.node, status.role, status.term, index, leader
     );
+    if let Some(sync) = &status.sync {
+        let _ = writeln!(out, "replication {sync}");
+    }
     if let Some(applied) = status.applied_index {
         let lag = status.lag_bytes.map_or("unknown".into(), human_bytes);
         let replay = status.replay.as_deref().unwrap_or("unknown");

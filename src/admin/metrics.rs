@@ -21,6 +21,9 @@ pub const FOLLOWER_LAG_SECONDS: &str = "walship_follower_lag_seconds";
 pub const FOLLOWER_CONNECTED: &str = "walship_follower_connected";
 pub const TERM: &str = "walship_term";
 pub const IS_LEADER: &str = "walship_is_leader";
+/// 1 on a leader in `semi-sync` or `sync` mode whose followers were too slow: commits go on
+/// as in `async` until they catch up.
+pub const SYNC_DEGRADED: &str = "walship_sync_degraded";
 /// 1 on a node whose log holds transactions the cluster lost (see `/status` `divergent_report`).
 pub const DIVERGENT: &str = "walship_divergent";
 pub const LOG_FIRST_INDEX: &str = "walship_log_first_index";
@@ -54,6 +57,10 @@ fn describe() {
     describe_gauge!(FOLLOWER_LAG_SECONDS, Unit::Seconds, format!("{lag}, in seconds, by stage"));
     describe_gauge!(FOLLOWER_CONNECTED, "1 while the follower is connected to this leader");
     describe_gauge!(TERM, "the node's leadership term");
+    describe_gauge!(
+        SYNC_DEGRADED,
+        "1 while a semi-sync or sync leader replicates asynchronously because its followers are too slow"
+    );
     describe_gauge!(
         DIVERGENT,
         "1 while this node holds transactions the cluster lost, listed in its divergence report"
@@ -97,6 +104,7 @@ fn describe() {
     }
     gauge!(REPLAY_STOPPED).set(0.0);
     gauge!(DIVERGENT).set(0.0);
+    gauge!(SYNC_DEGRADED).set(0.0);
 }
 
 /// Sets the gauges from the node's state and renders everything.
@@ -105,6 +113,8 @@ pub fn render(view: &NodeView, handle: &PrometheusHandle) -> Result<String, LogE
     gauge!(TERM).set(role.term.0 as f64);
     gauge!(IS_LEADER).set(if role.role == RoleName::Leader { 1.0 } else { 0.0 });
     gauge!(DIVERGENT).set(if role.role == RoleName::Divergent { 1.0 } else { 0.0 });
+    let degraded = role.role.serves() && *view.sync_state.borrow() == Some(crate::node::sync::SyncState::Degraded);
+    gauge!(SYNC_DEGRADED).set(if degraded { 1.0 } else { 0.0 });
     {
         let log = view.log.lock().map_err(|_| LogError::Failed)?;
         gauge!(LOG_FIRST_INDEX).set(log.first_index().map_or(0.0, |i| i.0 as f64));

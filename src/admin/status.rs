@@ -10,6 +10,7 @@ use crate::log::marks::EntryMarks;
 use crate::log::LogError;
 use crate::lsn::now_pg_micros;
 use crate::lsn::{Index, Lsn};
+use crate::node::sync::SyncState;
 use crate::node::NodeView;
 use crate::relay::progress::FollowerProgress;
 use crate::seed::SeedProgress;
@@ -51,6 +52,10 @@ pub struct Status {
     /// `walship status` can show them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerAdmin>,
+    /// On a leader in `semi-sync` or `sync` mode: `synchronous` while commits wait for the
+    /// followers, `degraded` while they are too slow and commits go on as in `async`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,9 +134,15 @@ impl Status {
             seeding: None,
             divergent_report: role.divergent_report.as_ref().map(|p| p.display().to_string()),
             peers: Vec::new(),
+            sync: None,
         };
         match role.role {
             r if r.serves() => {
+                status.sync = view.sync_state.borrow().and_then(|s| match s {
+                    SyncState::Async => None,
+                    SyncState::Synchronous => Some("synchronous".to_owned()),
+                    SyncState::Degraded => Some("degraded".to_owned()),
+                });
                 let progress = view.followers.snapshot();
                 let followers = view
                     .peers

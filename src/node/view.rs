@@ -16,7 +16,8 @@ use crate::relay::progress::Followers;
 use crate::relay::LeaderStatus;
 use crate::seed::SeedProgress;
 
-use super::machine::{Node, NodeRole, PeerState};
+use super::machine::{Node, NodeRole, PeerState, PromoteRequest, Promotion};
+use super::sync::SyncState;
 
 /// A follower's view of its leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +59,8 @@ impl RoleName {
             NodeRole::Leader { .. } => RoleName::Leader,
             NodeRole::HandingOver { .. } => RoleName::HandingOver,
             NodeRole::Follower { .. } => RoleName::Follower,
+            // A leader checking that it may lead again shows what it is meanwhile.
+            NodeRole::Promoting(Promotion { request: PromoteRequest::Resume, before, .. }) => RoleName::of(before),
             NodeRole::Promoting(_) => RoleName::Promoting,
             NodeRole::Fenced { .. } => RoleName::Fenced,
             NodeRole::Divergent { .. } => RoleName::Divergent,
@@ -107,6 +110,8 @@ pub struct RoleChannels {
     pub seeding: watch::Sender<Option<SeedProgress>>,
     /// Why replay is stopped, while it is (naming entry, table and key).
     pub replay_stopped: watch::Sender<Option<String>>,
+    /// On a leader in `semi-sync` or `sync` mode: whether commits wait for followers.
+    pub sync_state: watch::Sender<Option<SyncState>>,
 }
 
 /// The reading ends, for the admin API.
@@ -124,6 +129,7 @@ pub struct NodeView {
     pub leader: watch::Receiver<Option<LeaderView>>,
     pub seeding: watch::Receiver<Option<SeedProgress>>,
     pub replay_stopped: watch::Receiver<Option<String>>,
+    pub sync_state: watch::Receiver<Option<SyncState>>,
 }
 
 impl NodeView {
@@ -140,6 +146,7 @@ impl NodeView {
         let (leader_tx, leader) = watch::channel(None);
         let (seeding_tx, seeding) = watch::channel(None);
         let (replay_stopped_tx, replay_stopped) = watch::channel(None);
+        let (sync_state_tx, sync_state) = watch::channel(None);
         let marks = EntryMarks::default();
         let followers = Followers::default();
         let view = NodeView {
@@ -155,6 +162,7 @@ impl NodeView {
             leader,
             seeding,
             replay_stopped,
+            sync_state,
         };
         let channels = RoleChannels {
             durable: durable_tx,
@@ -164,6 +172,7 @@ impl NodeView {
             leader: leader_tx,
             seeding: seeding_tx,
             replay_stopped: replay_stopped_tx,
+            sync_state: sync_state_tx,
         };
         (view, channels)
     }

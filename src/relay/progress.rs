@@ -42,6 +42,7 @@ impl Followers {
             p.connected = true;
             p.flushed = flushed;
             p.received = flushed;
+            p.last_ack = Some(Instant::now()); // heard from: it connected
         });
     }
 

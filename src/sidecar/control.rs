@@ -78,6 +78,8 @@ pub struct Control {
     pub shutdown: CancellationToken,
     leading: Option<RoleTask<SourceError>>,
     following: Option<RoleTask<FollowerError>>,
+    /// The lowest term the follower task accepts.
+    following_term: Option<Term>,
     requests: HashMap<RequestId, (oneshot::Sender<Response>, Instant)>,
     claims: HashMap<(NodeId, Term), Vec<oneshot::Sender<Vote>>>,
     next_request: RequestId,
@@ -126,6 +128,7 @@ impl Control {
             shutdown,
             leading: None,
             following: None,
+            following_term: None,
             requests: HashMap::new(),
             claims: HashMap::new(),
             next_request: 1,
@@ -430,6 +433,9 @@ impl Control {
     /// before first makes sure everything its PostgreSQL committed is in its log (else it
     /// diverged), then gives up its slot.
     async fn follow(&mut self, term: Term) -> Result<(), SidecarError> {
+        if self.following.is_some() && self.following_term == Some(term) {
+            return Ok(()); // already looking for a leader of that term
+        }
         if let Some(task) = self.following.take() {
             let ended = task.stop().await;
             self.follower_ended(ended).await?;
@@ -446,6 +452,7 @@ impl Control {
         let run =
             follower::run(self.config.clone(), link, self.log.clone(), token, self.channels.clone(), cancel.clone());
         self.following = Some(RoleTask { cancel, handle: tokio::spawn(run) });
+        self.following_term = Some(term);
         Ok(())
     }
 
@@ -549,6 +556,7 @@ impl Control {
         }
         let cancel = self.shutdown.child_token();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let sync = self.sync_inputs(term, first_index);
         let run = source::run_leader(
             self.config.clone(),
             term,
@@ -557,11 +565,40 @@ impl Control {
             self.channels.durable.clone(),
             self.channels.marks.clone(),
             ready_tx,
+            sync,
             cancel.clone(),
         );
         self.leader_ready = Some(ready_rx);
         self.leading = Some(RoleTask { cancel, handle: tokio::spawn(run) });
         Ok(())
+    }
+
+    /// What the leader's sync task reads, in `semi-sync` and `sync` modes.
+    fn sync_inputs(&self, term: Term, first_index: Option<Index>) -> Option<source::sync::SyncInputs> {
+        if self.config.mode == crate::config::Mode::Async {
+            self.channels.sync_state.send_replace(None);
+            return None;
+        }
+        let own_from = first_index.unwrap_or_else(|| {
+            let log = self.log.lock().ok();
+            let started = log.as_ref().and_then(|l| l.terms().starts().iter().rev().find(|s| s.term == term).copied());
+            let next = log.as_ref().and_then(|l| l.last_written()).map_or(Index(1), |id| id.index.next());
+            started.map_or(next, |s| s.first_index)
+        });
+        Some(source::sync::SyncInputs {
+            policy: crate::node::sync::SyncPolicy {
+                mode: self.config.mode,
+                quorum: self.config.sync_quorum,
+                strict: self.config.strict,
+                timeout: self.config.sync_timeout,
+            },
+            peers: self.config.peers.iter().map(|p| p.node.clone()).collect(),
+            followers: self.channels.followers.clone(),
+            durable: self.channels.durable.subscribe(),
+            marks: self.channels.marks.clone(),
+            own_from,
+            state: self.channels.sync_state.clone(),
+        })
     }
 
     /// Stops the source once it logged everything PostgreSQL committed (PostgreSQL is

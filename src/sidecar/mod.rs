@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::follower::FollowerError;
 use crate::log::{Log, LogError, LogOptions};
 use crate::node::{Node, NodeConfig, NodeState, NodeView, RoleChannels, RoleKind, RoleView, SharedState, StateError};
@@ -55,18 +55,11 @@ pub enum SidecarError {
     TokenReadableByOthers { path: std::path::PathBuf, mode: u32 },
     #[error("metrics: {0}")]
     Metrics(String),
-    #[error("replication.mode = {0:?}: this version replicates asynchronously only; set mode = \"async\" (it would otherwise run async while the configuration says otherwise)")]
-    ModeUnsupported(&'static str),
 }
 
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
     let config = Arc::new(config);
-    match config.mode {
-        Mode::Async => {}
-        Mode::SemiSync => return Err(SidecarError::ModeUnsupported("semi-sync")),
-        Mode::Sync => return Err(SidecarError::ModeUnsupported("sync")),
-    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| SidecarError::DataDir { path: config.data_dir.clone(), source })?;
     let _lock = lock_data_dir(&config.data_dir)?;

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod heartbeat;
 pub mod setup;
 pub mod stream;
+pub mod sync;
 mod tail;
 pub mod wire;
 
@@ -109,6 +110,7 @@ pub async fn run_leader(
     durable_tx: watch::Sender<Durable>,
     marks: EntryMarks,
     ready: tokio::sync::oneshot::Sender<()>,
+    sync: Option<sync::SyncInputs>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let span = info_span!("source", node = %config.node, term = %term);
@@ -143,6 +145,13 @@ pub async fn run_leader(
         let _ = ready.send(());
         let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
+        let sync_task = sync.map(|inputs| {
+            // Semi-sync and sync: PostgreSQL hears only of what the followers confirmed; what
+            // came before the consistent point came with the slot's snapshot.
+            sink.gate.set_gated(true);
+            sink.gate.confirm(leader.consistent_point);
+            tokio::spawn(sync::run(inputs, sink.clone(), cancel.child_token()))
+        });
         let durable_rx = durable_tx.subscribe();
         let writer_thread =
             Writer::spawn(log, durable, rx, sink.clone(), durable_tx, marks).map_err(SourceError::Thread)?;
@@ -158,6 +167,9 @@ pub async fn run_leader(
         let result = stream_with_retries(&config, &leader.slot, builder, &tx, durable_rx, &sink, &cancel).await;
         drop(tx);
         heartbeat.abort();
+        if let Some(task) = sync_task {
+            task.abort();
+        }
         let written =
             tokio::task::spawn_blocking(move || writer_thread.join()).await.map_err(|_| SourceError::WriterGone)?;
         match written {
@@ -179,6 +191,7 @@ async fn prepare(
     setup::ensure_publication(&client, &config.source.publication).await?;
     let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
     let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, log_end).await?;
+    setup::ensure_sync_standby(&client, config.mode, &application_name(config)).await?;
     repl.close().await;
     Ok(leader)
 }

@@ -147,3 +147,35 @@ pub async fn drop_own_slot(client: &tokio_postgres::Client, state: &SharedState)
     }
     Ok(())
 }
+
+/// Names this sidecar's replication connection (`application_name`) as PostgreSQL's
+/// synchronous standby in `semi-sync` and `sync` modes, so that a committing client waits
+/// until the sidecar reports its commit flushed (which the sync rule allows only once the
+/// followers hold it); in `async` mode, takes the name away again if this sidecar set it.
+/// `ALTER SYSTEM` and a reload; when that is not allowed, the error says what to set.
+pub async fn ensure_sync_standby(
+    client: &tokio_postgres::Client,
+    mode: crate::config::Mode,
+    application_name: &str,
+) -> Result<(), SourceError> {
+    let wanted = format!("\"{application_name}\"");
+    let current: String = client.query_one("SHOW synchronous_standby_names", &[]).await?.get(0);
+    let sql = match mode {
+        crate::config::Mode::Async if current == wanted => "ALTER SYSTEM RESET synchronous_standby_names".to_owned(),
+        crate::config::Mode::Async => return Ok(()),
+        _ if current == wanted => return Ok(()),
+        _ => format!("ALTER SYSTEM SET synchronous_standby_names = '{}'", wanted.replace('\'', "''")),
+    };
+    let changed = async {
+        client.batch_execute(&sql).await?;
+        client.batch_execute("SELECT pg_reload_conf()").await
+    };
+    if let Err(e) = changed.await {
+        return Err(SourceError::Setup(format!(
+            "cannot set synchronous_standby_names ({e}): as a superuser run {sql}; SELECT pg_reload_conf(); \
+             or give walship's role the right to (GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names)"
+        )));
+    }
+    info!(synchronous_standby_names = %if mode == crate::config::Mode::Async { "" } else { wanted.as_str() }, "PostgreSQL's synchronous standby set");
+    Ok(())
+}

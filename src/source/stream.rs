@@ -8,6 +8,7 @@
 //! walsender sends without waking anyone and the next read takes a large batch.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,8 +79,58 @@ pub struct StatusSink {
     wbuf: BytesMut,
 }
 
-/// Where the writer finds the current connection's sink; `None` while disconnected.
-pub type SharedSink = Arc<Mutex<Option<StatusSink>>>;
+/// What PostgreSQL may be told is flushed. Open (`async`): whatever the log made durable.
+/// Gated (`semi-sync`, `sync`): only what the leader's sync rule confirmed (see
+/// [`crate::source::sync`]), so that a committing client waits for its followers.
+#[derive(Debug, Default)]
+pub struct FlushGate {
+    gated: AtomicBool,
+    confirmed: AtomicU64,
+}
+
+impl FlushGate {
+    pub fn set_gated(&self, gated: bool) {
+        self.gated.store(gated, Ordering::SeqCst);
+    }
+
+    /// What may be reported, given what is durable.
+    pub fn allowed(&self, durable: Lsn) -> Lsn {
+        if self.gated.load(Ordering::SeqCst) {
+            Lsn(self.confirmed.load(Ordering::SeqCst)).min(durable)
+        } else {
+            durable
+        }
+    }
+
+    /// The rule confirmed everything before `lsn` (never goes back).
+    pub fn confirm(&self, lsn: Lsn) {
+        self.confirmed.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+}
+
+/// Where the writer finds the current connection's sink (`None` while disconnected), and
+/// the gate that says what it may report.
+#[derive(Clone, Default)]
+pub struct SharedSink {
+    pub status: Arc<Mutex<Option<StatusSink>>>,
+    pub gate: Arc<FlushGate>,
+}
+
+impl SharedSink {
+    /// Reports `durable` as far as the gate allows, when a stream is connected. A failed send
+    /// drops the sink: the connection is broken, and the streaming thread, which reads the
+    /// same socket, ends with its own error and reconnects, installing a new sink.
+    pub fn report(&self, durable: Lsn) {
+        let allowed = self.gate.allowed(durable);
+        let Ok(mut guard) = self.status.lock() else { return };
+        if let Some(sink) = guard.as_mut() {
+            if let Err(e) = sink.report(allowed, false) {
+                warn!(error = %e, flushed = %allowed, "cannot report the flushed position to PostgreSQL; the stream reconnects");
+                *guard = None;
+            }
+        }
+    }
+}
 
 impl StatusSink {
     /// Tells PostgreSQL that everything before `flushed` is durable. Without `force`, only
@@ -99,17 +150,9 @@ impl StatusSink {
 }
 
 impl DurableListener for SharedSink {
-    /// Reports the durable end to PostgreSQL when a stream is connected. A failed send drops
-    /// the sink: the connection is broken, and the streaming thread, which reads the same
-    /// socket, ends with its own error and reconnects, installing a new sink.
+    /// Reports the durable end to PostgreSQL, as far as the gate allows.
     fn durable(&mut self, durable: Durable) {
-        let Ok(mut guard) = self.lock() else { return };
-        if let Some(sink) = guard.as_mut() {
-            if let Err(e) = sink.report(durable.end_lsn, false) {
-                warn!(error = %e, flushed = %durable.end_lsn, "cannot report the flushed position to PostgreSQL; the stream reconnects");
-                *guard = None;
-            }
-        }
+        self.report(durable.end_lsn);
     }
 }
 

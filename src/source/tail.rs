@@ -68,8 +68,8 @@ fn stream_until_cancelled(
             return Err(SourceError::WriterGone);
         }
         if reply_requested || last_status.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL) {
-            let flushed = durable.borrow().end_lsn;
-            if let Some(s) = sink.lock().map_err(|_| SourceError::WriterGone)?.as_mut() {
+            let flushed = sink.gate.allowed(durable.borrow().end_lsn);
+            if let Some(s) = sink.status.lock().map_err(|_| SourceError::WriterGone)?.as_mut() {
                 s.report(flushed, true)?;
             }
             last_status = Some(Instant::now());
@@ -82,7 +82,7 @@ fn stream_until_cancelled(
 }
 
 fn set_sink(sink: &SharedSink, value: Option<StatusSink>) {
-    if let Ok(mut guard) = sink.lock() {
+    if let Ok(mut guard) = sink.status.lock() {
         *guard = value;
     }
 }
