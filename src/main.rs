@@ -262,7 +262,9 @@ fn run(config_path: PathBuf) -> ExitCode {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        match walship::sidecar::run(config, shutdown).await {
+        let (reload_tx, reload) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(reload_on_hangup(config_path, reload_tx));
+        match walship::sidecar::run_with_reload(config, reload, shutdown).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS
@@ -273,6 +275,28 @@ fn run(config_path: PathBuf) -> ExitCode {
             }
         }
     })
+}
+
+/// On every SIGHUP, reads the configuration file again and hands a valid one to the sidecar; a
+/// broken one is refused, and the sidecar runs on with what it has.
+async fn reload_on_hangup(path: PathBuf, reload: tokio::sync::mpsc::UnboundedSender<walship::config::Config>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hangup.recv().await.is_some() {
+            match walship::config::Config::load(&path) {
+                Ok(config) => {
+                    info!(path = %path.display(), "configuration reloaded");
+                    if reload.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => error!(error = %e, "configuration reload refused: running on with the previous one"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reload);
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -97,3 +97,123 @@ fn sync_that_is_not_strict_degrades_after_the_timeout_and_recovers() {
     insert_in_background(&leader_pg, 3).recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(follower_pg.psql("postgres", "SELECT count(*) FROM t WHERE id = 3").unwrap(), "1");
 }
+
+/// Inserts ids one by one until told to stop; returns those whose commit returned.
+fn record_inserts(
+    pg: &Instance,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<i32>> {
+    let conninfo = pg.conninfo("postgres");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let mut acknowledged = Vec::new();
+            for id in 1000.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match client.execute("INSERT INTO t VALUES ($1)", &[&id]).await {
+                    Ok(_) => acknowledged.push(id),
+                    Err(_) => break, // the leader died
+                }
+            }
+            acknowledged
+        })
+    })
+}
+
+#[test]
+fn semi_sync_survives_a_follower_down_and_a_promoted_follower_holds_every_acknowledged_commit() {
+    let specs = (0..3).map(|_| (None, walship::localpg::Options::default())).collect();
+    let pgs: Vec<Instance> = walship::localcluster::start_instances(specs).into_iter().map(Result::unwrap).collect();
+    for pg in &pgs {
+        pg.psql("postgres", SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[replication]\nmode = \"semi-sync\"\nsync_quorum = 1\nstrict = true\n";
+    let mut a = Sidecar::leader(&dir.path().join("a"), "a", &pgs[0], extra);
+    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &pgs[1], &[&a], extra);
+    let mut c = Sidecar::follower(&dir.path().join("c"), "c", &pgs[2], &[&a, &b], extra);
+    a.add_peer(&b);
+    a.add_peer(&c);
+    b.add_peer(&c);
+    a.start();
+    a.wait_writable();
+    b.start();
+    c.start();
+    wait_until(Duration::from_secs(30), "b and c connected", || {
+        status(&a)["followers"].as_array().is_some_and(|f| f.iter().all(|f| f["connected"] == true))
+    });
+
+    // One follower down: the other one makes the quorum.
+    c.kill();
+    let took = insert_in_background(&pgs[0], 1).recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(took < Duration::from_secs(2), "with one follower of two down a commit took {took:?}");
+    c.start();
+
+    // A client records every commit that returned; the leader dies mid-load.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = record_inserts(&pgs[0], stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    a.kill();
+    let mut pgs = pgs;
+    pgs[0].stop(walship::localpg::StopMode::Immediate).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged.len() > 20, "the load ran: {} commits", acknowledged.len());
+
+    // The most advanced follower is promoted (the other one is refused as behind, 409).
+    let mut promoted = None;
+    for (i, node) in [(1, &b), (2, &c)] {
+        let (code, body) = support::http_post(node.admin_port, "/promote", Some(support::TEST_TOKEN)).unwrap();
+        if code == 200 {
+            promoted = Some(i);
+            break;
+        }
+        assert_eq!(code, 409, "{body}");
+    }
+    let promoted = promoted.expect("one of the followers is promoted");
+    let holder = if promoted == 1 { &b } else { &c };
+    holder.wait_writable();
+    let ids: std::collections::BTreeSet<i32> = pgs[promoted]
+        .psql("postgres", "SELECT id FROM t")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let missing: Vec<i32> = acknowledged.iter().copied().filter(|id| !ids.contains(id)).collect();
+    assert!(missing.is_empty(), "acknowledged commits missing on the promoted node: {missing:?}");
+}
+
+#[test]
+fn a_sighup_switches_async_to_semi_sync_without_a_restart_and_a_broken_file_is_refused() {
+    let (_dir, leader_pg, _follower_pg, mut leader, mut follower) = start_pair("");
+    assert_eq!(leader_pg.psql("postgres", "SHOW synchronous_standby_names").unwrap(), "");
+    let pid = leader.pid();
+    let config = std::fs::read_to_string(&leader.config_path).unwrap();
+
+    // A broken file is refused; the sidecar runs on.
+    leader.expect_errors(&["configuration reload refused"]);
+    std::fs::write(&leader.config_path, format!("{config}\n[replication]\nmode = \"eventually\"\n")).unwrap();
+    support::signal(pid, "HUP");
+    wait_until(Duration::from_secs(10), "the refusal in the log", || {
+        leader.log_text().contains("configuration reload refused")
+    });
+    assert_eq!(leader.pid(), pid);
+
+    std::fs::write(&leader.config_path, format!("{config}\n[replication]\nmode = \"semi-sync\"\nstrict = true\n"))
+        .unwrap();
+    support::signal(pid, "HUP");
+    wait_until(Duration::from_secs(10), "semi-sync in force", || {
+        status(&leader)["sync"] == "synchronous"
+            && leader_pg.psql("postgres", "SHOW synchronous_standby_names").unwrap() == "\"walship_a\""
+    });
+    follower.stop();
+    let waiting = insert_in_background(&leader_pg, 7);
+    assert!(waiting.recv_timeout(Duration::from_secs(3)).is_err(), "semi-sync did not take effect");
+    follower.start();
+    waiting.recv_timeout(Duration::from_secs(30)).expect("the commit returns once the follower holds it");
+    assert_eq!(leader.pid(), pid, "the sidecar restarted");
+}

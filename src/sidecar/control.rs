@@ -74,6 +74,8 @@ pub struct Control {
     pub role: watch::Sender<RoleView>,
     pub serving: watch::Sender<Serving>,
     pub adopted: watch::Sender<Term>,
+    /// The replication policy, changed by a reload.
+    pub policy: watch::Sender<crate::node::sync::SyncPolicy>,
     pub inbox: mpsc::UnboundedSender<Input>,
     pub shutdown: CancellationToken,
     leading: Option<RoleTask<SourceError>>,
@@ -112,7 +114,9 @@ impl Control {
         shutdown: CancellationToken,
     ) -> Control {
         let adopted = watch::Sender::new(node.hard_state().term);
+        let policy = watch::Sender::new(policy_of(&config));
         Control {
+            policy,
             config,
             node,
             state,
@@ -143,7 +147,11 @@ impl Control {
     }
 
     /// Runs the node until shutdown or a fatal error of a role task.
-    pub async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) -> Result<(), SidecarError> {
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut reloads: mpsc::UnboundedReceiver<Config>,
+    ) -> Result<(), SidecarError> {
         let (last, applied) = self.positions();
         self.step(Event::Start { last, applied }).await?;
         let mut tick = tokio::time::interval(TICK);
@@ -154,6 +162,7 @@ impl Control {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break Ok(()),
                 Some(input) = inputs.recv() => self.input(input).await?,
+                Some(config) = reloads.recv() => self.reload(config),
                 Some(event) = self.link.1.recv() => {
                     let event = match event {
                         LinkEvent::Accepted { leader, term } => Event::LeaderAccepted { node: leader, term },
@@ -263,6 +272,26 @@ impl Control {
             self.step(event).await?;
         }
         Ok(())
+    }
+
+    /// A configuration reloaded on SIGHUP: the replication policy changes at once (a leader's
+    /// sync task takes it up); other changes wait for a restart.
+    fn reload(&mut self, new: Config) {
+        let policy = policy_of(&new);
+        let mut kept = (*self.config).clone();
+        let (mode, quorum, strict, timeout) = (kept.mode, kept.sync_quorum, kept.strict, kept.sync_timeout);
+        kept.mode = new.mode;
+        kept.sync_quorum = new.sync_quorum;
+        kept.strict = new.strict;
+        kept.sync_timeout = new.sync_timeout;
+        if (mode, quorum, strict, timeout) != (new.mode, new.sync_quorum, new.strict, new.sync_timeout) {
+            info!(mode = ?new.mode, quorum = new.sync_quorum, strict = new.strict, sync_timeout_ms = new.sync_timeout.as_millis() as u64, "replication policy changed");
+        }
+        if format!("{:?}", kept) != format!("{:?}", new) {
+            warn!("the reloaded configuration changes more than [replication]: those changes take effect at the next start");
+        }
+        self.config = Arc::new(kept);
+        self.policy.send_replace(policy);
     }
 
     /// The built-in lease (`failover.lease_timeout`): a leader holds it while a majority of
@@ -573,12 +602,8 @@ impl Control {
         Ok(())
     }
 
-    /// What the leader's sync task reads, in `semi-sync` and `sync` modes.
+    /// What the leader's sync task reads (it runs in every mode: a reload may change it).
     fn sync_inputs(&self, term: Term, first_index: Option<Index>) -> Option<source::sync::SyncInputs> {
-        if self.config.mode == crate::config::Mode::Async {
-            self.channels.sync_state.send_replace(None);
-            return None;
-        }
         let own_from = first_index.unwrap_or_else(|| {
             let log = self.log.lock().ok();
             let started = log.as_ref().and_then(|l| l.terms().starts().iter().rev().find(|s| s.term == term).copied());
@@ -586,12 +611,7 @@ impl Control {
             started.map_or(next, |s| s.first_index)
         });
         Some(source::sync::SyncInputs {
-            policy: crate::node::sync::SyncPolicy {
-                mode: self.config.mode,
-                quorum: self.config.sync_quorum,
-                strict: self.config.strict,
-                timeout: self.config.sync_timeout,
-            },
+            policy: self.policy.subscribe(),
             peers: self.config.peers.iter().map(|p| p.node.clone()).collect(),
             followers: self.channels.followers.clone(),
             durable: self.channels.durable.subscribe(),
@@ -650,6 +670,16 @@ impl Control {
                 None
             }
         }
+    }
+}
+
+/// The replication policy a configuration asks for.
+pub fn policy_of(config: &Config) -> crate::node::sync::SyncPolicy {
+    crate::node::sync::SyncPolicy {
+        mode: config.mode,
+        quorum: config.sync_quorum,
+        strict: config.strict,
+        timeout: config.sync_timeout,
     }
 }
 

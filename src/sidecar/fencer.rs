@@ -30,7 +30,8 @@ struct Desired {
 
 /// The control loop's handle on the fence task.
 pub struct Fencer {
-    desired: watch::Sender<Desired>,
+    /// `None` until the first request: a restarting leader's PostgreSQL is left as it is.
+    desired: watch::Sender<Option<Desired>>,
     /// The newest request's generation. A `MakeWritable` waiting for its source changes the
     /// desired state only if no request came after it, and until then leaves it alone (a
     /// needless fence would hold up the slot's creation).
@@ -40,9 +41,9 @@ pub struct Fencer {
 }
 
 impl Fencer {
-    /// Starts the task on `pg`, wanting the database read-only.
+    /// Starts the task on `pg`; it acts from the first request on.
     pub fn spawn(pg: tokio_postgres::Config, cancel: CancellationToken) -> Fencer {
-        let desired = watch::Sender::new(Desired { writable: false, generation: 0 });
+        let desired = watch::Sender::new(None);
         let (applied_tx, applied) = watch::channel(None);
         tokio::spawn(run(pg, desired.subscribe(), applied_tx, cancel));
         Fencer { desired, applied, generation: Arc::new(AtomicU64::new(0)) }
@@ -51,7 +52,7 @@ impl Fencer {
     /// Read-only from now on; waits (up to [`FENCE_WAIT`]) until the database is fenced.
     pub async fn make_read_only(&mut self) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.desired.send_replace(Desired { writable: false, generation });
+        self.desired.send_replace(Some(Desired { writable: false, generation }));
         let done = self.applied.wait_for(|a| a.is_some_and(|a| a.generation >= generation && !a.writable));
         if tokio::time::timeout(FENCE_WAIT, done).await.is_err() {
             error!("PostgreSQL is not fenced yet (is it down?): retrying every {RECHECK:?}");
@@ -74,7 +75,7 @@ impl Fencer {
             desired.send_if_modified(|d| {
                 let current = newest.load(Ordering::SeqCst) == generation;
                 if current {
-                    *d = Desired { writable: true, generation };
+                    *d = Some(Desired { writable: true, generation });
                 }
                 current
             });
@@ -84,18 +85,20 @@ impl Fencer {
 
 async fn run(
     pg: tokio_postgres::Config,
-    mut desired: watch::Receiver<Desired>,
+    mut desired: watch::Receiver<Option<Desired>>,
     applied: watch::Sender<Option<Desired>>,
     cancel: CancellationToken,
 ) {
     loop {
-        let want = *desired.borrow_and_update();
-        let changed = applied.borrow().is_none_or(|a| a != want);
-        match apply(&pg, want.writable, changed).await {
-            Ok(()) => {
-                applied.send_replace(Some(want));
+        let wanted = *desired.borrow_and_update();
+        if let Some(want) = wanted {
+            let changed = applied.borrow().is_none_or(|a| a != want);
+            match apply(&pg, want.writable, changed).await {
+                Ok(()) => {
+                    applied.send_replace(Some(want));
+                }
+                Err(e) => warn!(error = %e, writable = want.writable, "cannot set PostgreSQL's fence; retrying"),
             }
-            Err(e) => warn!(error = %e, writable = want.writable, "cannot set PostgreSQL's fence; retrying"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -59,6 +59,17 @@ pub enum SidecarError {
 
 /// Runs the sidecar until `shutdown` fires or a task fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    let (_reload, reloads) = mpsc::unbounded_channel();
+    run_with_reload(config, reloads, shutdown).await
+}
+
+/// [`run`], taking configurations reloaded meanwhile (SIGHUP): the replication mode, quorum,
+/// strictness and timeout change at once; other keys need a restart.
+pub async fn run_with_reload(
+    config: Config,
+    reloads: mpsc::UnboundedReceiver<Config>,
+    shutdown: CancellationToken,
+) -> Result<(), SidecarError> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| SidecarError::DataDir { path: config.data_dir.clone(), source })?;
@@ -136,7 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         inbox,
         shutdown.clone(),
     );
-    let role_result = control.run(inputs).await;
+    let role_result = control.run(inputs, reloads).await;
     if let Err(e) = &role_result {
         error!(error = %e, "sidecar stopping");
     }

@@ -146,11 +146,11 @@ pub async fn run_leader(
         let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
         let sync_task = sync.map(|inputs| {
-            // Semi-sync and sync: PostgreSQL hears only of what the followers confirmed; what
-            // came before the consistent point came with the slot's snapshot.
-            sink.gate.set_gated(true);
+            // In the synchronous modes PostgreSQL hears only of what the followers confirmed;
+            // what came before the consistent point came with the slot's snapshot.
             sink.gate.confirm(leader.consistent_point);
-            tokio::spawn(sync::run(inputs, sink.clone(), cancel.child_token()))
+            let pg = sync::PgSession { config: config.postgres.clone(), application_name: application_name(&config) };
+            tokio::spawn(sync::run(inputs, sink.clone(), pg, cancel.child_token()))
         });
         let durable_rx = durable_tx.subscribe();
         let writer_thread =
@@ -191,6 +191,7 @@ async fn prepare(
     setup::ensure_publication(&client, &config.source.publication).await?;
     let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
     let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, log_end).await?;
+    // Before clients may write: a synchronous mode holds from the first commit.
     setup::ensure_sync_standby(&client, config.mode, &application_name(config)).await?;
     repl.close().await;
     Ok(leader)

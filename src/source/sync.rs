@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::Mode;
 use crate::log::committer::Durable;
 use crate::log::marks::EntryMarks;
 use crate::lsn::{Index, Lsn};
@@ -24,10 +25,20 @@ use crate::source::stream::SharedSink;
 
 /// How often the rule is asked again without news (its timeout runs meanwhile).
 pub const RECHECK: Duration = Duration::from_millis(50);
+/// How often setting `synchronous_standby_names` is tried again after it failed.
+pub const STANDBY_RETRY: Duration = Duration::from_secs(2);
+
+/// The leader's PostgreSQL, where `synchronous_standby_names` is set, and the name its
+/// replication connection goes by.
+pub struct PgSession {
+    pub config: tokio_postgres::Config,
+    pub application_name: String,
+}
 
 /// What the task reads.
 pub struct SyncInputs {
-    pub policy: SyncPolicy,
+    /// The replication policy; a reload changes it.
+    pub policy: watch::Receiver<SyncPolicy>,
     /// The followers that count, as named in `[[peers]]`.
     pub peers: Vec<String>,
     pub followers: Followers,
@@ -39,14 +50,39 @@ pub struct SyncInputs {
     pub state: watch::Sender<Option<SyncState>>,
 }
 
-/// Confirms entries through `sink`'s gate until `cancel`.
-pub async fn run(inputs: SyncInputs, sink: SharedSink, cancel: CancellationToken) {
-    let SyncInputs { policy, peers, followers, mut durable, marks, own_from, state } = inputs;
-    let mut rule = SyncRule::new(policy);
+/// Confirms entries through `sink`'s gate until `cancel`. Whenever the policy changes (and at
+/// start) the gate opens or closes with the mode, and PostgreSQL's `synchronous_standby_names`
+/// follows (retried until it succeeds).
+pub async fn run(inputs: SyncInputs, sink: SharedSink, pg: PgSession, cancel: CancellationToken) {
+    let SyncInputs { mut policy, peers, followers, mut durable, marks, own_from, state } = inputs;
+    let mut current = *policy.borrow_and_update();
+    let mut rule = SyncRule::new(current);
+    let mut standby_set = false;
+    let mut last_try = None;
     let mut acks = followers.subscribe();
     let mut tick = tokio::time::interval(RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wanted = *policy.borrow_and_update();
+        if wanted != current {
+            current = wanted;
+            rule.set_policy(current);
+            standby_set = false;
+        }
+        if !standby_set && last_try.is_none_or(|at: Instant| at.elapsed() >= STANDBY_RETRY) {
+            last_try = Some(Instant::now());
+            match crate::sql::connect(&pg.config).await {
+                Ok(client) => {
+                    match super::setup::ensure_sync_standby(&client, current.mode, &pg.application_name).await {
+                        Ok(()) => standby_set = true,
+                        Err(e) => warn!(error = %e, "cannot set PostgreSQL's synchronous standby; retrying"),
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot set PostgreSQL's synchronous standby; retrying"),
+            }
+            // Gated only in the synchronous modes, and only once PostgreSQL waits for us.
+            sink.gate.set_gated(current.mode != Mode::Async);
+        }
         let local = *durable.borrow_and_update();
         let progress = followers.snapshot();
         let flushed: Vec<Option<Index>> =
@@ -60,11 +96,11 @@ pub async fn run(inputs: SyncInputs, sink: SharedSink, cancel: CancellationToken
         if changed {
             match confirm.state {
                 SyncState::Degraded => warn!(
-                    timeout_ms = policy.timeout.as_millis() as u64,
+                    timeout_ms = current.timeout.as_millis() as u64,
                     "too few followers hold the newest commits: replicating asynchronously until they catch up"
                 ),
                 SyncState::Synchronous => {
-                    info!(mode = ?policy.mode, quorum = policy.quorum, "replicating synchronously")
+                    info!(mode = ?current.mode, quorum = current.quorum, "replicating synchronously")
                 }
                 SyncState::Async => {}
             }
@@ -75,6 +111,7 @@ pub async fn run(inputs: SyncInputs, sink: SharedSink, cancel: CancellationToken
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = policy.changed() => {}
             changed = durable.changed() => if changed.is_err() { return },
             _ = acks.changed() => {}
             _ = tick.tick() => {}
