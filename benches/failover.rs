@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
-use walship::config::Role;
-use walship::localcluster::{self, Launch, SidecarConfig, SidecarFiles};
+use walship::localcluster::{self, Launch};
 use walship::localpg::{Instance, Options, StopMode};
 
 const TOKEN: &str = "failover-bench-token-0123456789";
@@ -156,37 +155,12 @@ fn main() {
 }
 
 fn sidecars(dir: &std::path::Path, pgs: &[Instance]) -> Vec<localcluster::Sidecar> {
-    let names = ["a", "b", "c"];
-    let ports: Vec<(u16, u16)> =
-        (0..3).map(|_| (localcluster::free_port().unwrap(), localcluster::free_port().unwrap())).collect();
     let mut launch = Launch::new(env!("CARGO_BIN_EXE_walship"));
     if std::env::var_os("WALSHIP_BENCH_DEBUG").is_some() {
         launch.env.push(("WALSHIP_LOG".into(), "info,walship=debug".into()));
     }
-    (0..3)
-        .map(|i| {
-            let token_file = dir.join(names[i]).join("token");
-            std::fs::create_dir_all(dir.join(names[i])).unwrap();
-            localcluster::write_token(&token_file, TOKEN).unwrap();
-            let peers = (0..3)
-                .filter(|&j| j != i)
-                .map(|j| localcluster::Peer { node: names[j].into(), relay_port: ports[j].0, admin_port: ports[j].1 })
-                .collect();
-            let config = SidecarConfig {
-                node: names[i].into(),
-                cluster: "bench".into(),
-                role: if i == 0 { Role::Leader } else { Role::Follower },
-                data_dir: std::path::PathBuf::new(),
-                postgres: pgs[i].conninfo("postgres"),
-                relay_port: ports[i].0,
-                admin_port: ports[i].1,
-                token_file,
-                peers,
-                extra: String::new(),
-            };
-            localcluster::Sidecar::create(&dir.join(names[i]), SidecarFiles::default(), config, &launch).unwrap()
-        })
-        .collect()
+    let pgs: Vec<&Instance> = pgs.iter().collect();
+    localcluster::mesh(dir, &pgs, &["a", "b", "c"], "bench", TOKEN, &launch).unwrap()
 }
 
 fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {

@@ -129,6 +129,49 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), LocalClusterErro
     fs::write(path, text).map_err(|source| LocalClusterError::Io { action: "write", path: path.into(), source })
 }
 
+/// Sidecars for `pgs`, named `names`, that all know each other: the first leads, the others
+/// follow. Each gets its folder `dir/<name>` with `token` in its token file; not started.
+pub fn mesh(
+    dir: &Path,
+    pgs: &[&Instance],
+    names: &[&str],
+    cluster: &str,
+    token: &str,
+    launch: &Launch,
+) -> Result<Vec<Sidecar>, LocalClusterError> {
+    let ports =
+        (0..names.len()).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<Vec<_>, LocalClusterError>>()?;
+    let mut sidecars = Vec::with_capacity(names.len());
+    for (i, (name, pg)) in names.iter().zip(pgs).enumerate() {
+        let folder = dir.join(name);
+        fs::create_dir_all(&folder).map_err(|source| LocalClusterError::Io {
+            action: "create",
+            path: folder.clone(),
+            source,
+        })?;
+        let token_file = folder.join("token");
+        write_token(&token_file, token)?;
+        let peers = (0..names.len())
+            .filter(|&j| j != i)
+            .map(|j| Peer { node: names[j].to_owned(), relay_port: ports[j].0, admin_port: ports[j].1 })
+            .collect();
+        let config = SidecarConfig {
+            node: (*name).to_owned(),
+            cluster: cluster.to_owned(),
+            role: if i == 0 { crate::config::Role::Leader } else { crate::config::Role::Follower },
+            data_dir: PathBuf::new(),
+            postgres: pg.conninfo("postgres"),
+            relay_port: ports[i].0,
+            admin_port: ports[i].1,
+            token_file,
+            peers,
+            extra: String::new(),
+        };
+        sidecars.push(Sidecar::create(&folder, SidecarFiles::default(), config, launch)?);
+    }
+    Ok(sidecars)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
