@@ -117,11 +117,7 @@ pub async fn run(
         let followed = link.follow(client::Target { term: node.term }, resume, stop.clone()).await;
         drop(link); // closes the writer's queue, so that the writer ends
         stop.cancel();
-        let replayed = tokio::task::spawn_blocking(move || replay.join())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or(FollowerError::ReplayThread)?;
+        let replayed = join_replay(replay).await?;
         let written =
             tokio::task::spawn_blocking(move || writer.join()).await.map_err(|_| FollowerError::WriterGone)?;
         followed?;
@@ -154,13 +150,19 @@ pub async fn replay_through(
         r = applied.wait_for(|a| a.id.is_some_and(|id| id.index >= index)) => r.is_ok(),
     };
     stop.cancel();
-    let replayed = tokio::task::spawn_blocking(move || replay.join())
+    join_replay(replay).await??;
+    Ok(reached)
+}
+
+/// Waits for the replay thread (cancelled already) off the async threads.
+async fn join_replay(
+    replay: std::thread::JoinHandle<Result<(), ReplayError>>,
+) -> Result<Result<(), ReplayError>, FollowerError> {
+    tokio::task::spawn_blocking(move || replay.join())
         .await
         .ok()
         .and_then(Result::ok)
-        .ok_or(FollowerError::ReplayThread)?;
-    replayed?;
-    Ok(reached)
+        .ok_or(FollowerError::ReplayThread)
 }
 
 /// Starts replay (see `apply::scheduler`), which publishes every position it commits to the

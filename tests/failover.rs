@@ -75,23 +75,31 @@ fn as_app(pg: &Instance, sql: &str) -> Option<SqlState> {
     })
 }
 
-#[test]
-fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leader_returns_fenced() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut pgs = three_instances();
+/// Three instances and their sidecars, running: `a` leads with `rows` rows written, which
+/// `b` and `c` (seeded from it) applied.
+fn running_cluster(dir: &Path, rows: u32) -> ([Instance; 3], [Sidecar; 3]) {
+    let pgs = three_instances();
     pgs[0].psql("postgres", LEADER_SCHEMA).unwrap();
     for pg in &pgs[1..] {
         pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
     }
-    let [mut a, mut b, mut c] = three_sidecars(dir.path(), &pgs);
+    let [mut a, mut b, mut c] = three_sidecars(dir, &pgs);
     a.start();
     a.wait_writable();
     b.start();
     c.start();
-    insert(&pgs[0], "first", 100);
+    insert(&pgs[0], "first", rows);
+    let rows = i64::from(rows);
     wait_until(Duration::from_secs(60), "both followers to apply the first rows", || {
-        count(&pgs[1], "true") == 100 && count(&pgs[2], "true") == 100
+        count(&pgs[1], "true") == rows && count(&pgs[2], "true") == rows
     });
+    (pgs, [a, b, c])
+}
+
+#[test]
+fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leader_returns_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut pgs, [mut a, b, mut c]) = running_cluster(dir.path(), 100);
 
     // c stops; b goes on receiving: b is ahead of c.
     c.stop();
@@ -283,20 +291,7 @@ fn switchover(from: &Sidecar, to: &str) -> Value {
 #[test]
 fn a_switchover_under_writes_loses_no_acknowledged_insert_and_can_be_switched_back() {
     let dir = tempfile::tempdir().unwrap();
-    let pgs = three_instances();
-    pgs[0].psql("postgres", LEADER_SCHEMA).unwrap();
-    for pg in &pgs[1..] {
-        pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
-    }
-    let [mut a, mut b, mut c] = three_sidecars(dir.path(), &pgs);
-    a.start();
-    a.wait_writable();
-    b.start();
-    c.start();
-    insert(&pgs[0], "first", 10);
-    wait_until(Duration::from_secs(60), "both followers to apply the first rows", || {
-        count(&pgs[1], "true") == 10 && count(&pgs[2], "true") == 10
-    });
+    let (pgs, [a, b, c]) = running_cluster(dir.path(), 10);
     for pg in &pgs[1..] {
         pg.psql("postgres", FOLLOWER_GRANTS).unwrap();
     }
