@@ -27,11 +27,9 @@
 #![allow(clippy::unwrap_used)] // a bench: a failed step is a failed run
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
+use walship::localcluster::client::Writer;
 use walship::localcluster::{self, Launch};
 use walship::localpg::{Instance, Options, StopMode};
 
@@ -66,7 +64,7 @@ fn main() {
     wait(TIMEOUT, "b and c to follow a", || connected_followers(&sidecars[0]) == 2);
     wait(TIMEOUT, "b and c to load their snapshots", || pgs[1..].iter().all(|pg| pg.psql("postgres", GRANTS).is_ok()));
 
-    let writer = Writer::start(&pgs);
+    let writer = start_writer(&pgs);
     std::thread::sleep(Duration::from_millis(500));
     println!("switchover: {rounds} rounds between a and b under one client inserting row by row");
     println!("{:>5}  {:>4}  {:>10}  {:>16}  {:>12}", "round", "to", "term", "client pause", "answer says");
@@ -74,7 +72,7 @@ fn main() {
     for round in 0..rounds {
         let (from, to) = if round.is_multiple_of(2) { (0, 1) } else { (1, 0) };
         wait(TIMEOUT, "the followers to be connected", || connected_followers(&sidecars[from]) == 2);
-        let mark = writer.mark();
+        let mark = writer.acknowledged();
         if std::env::var_os("WALSHIP_BENCH_DEBUG").is_some() {
             for pg in &pgs {
                 eprintln!(
@@ -146,7 +144,7 @@ fn main() {
         body["took_ms"].as_f64().unwrap_or(f64::NAN),
         effective.as_secs_f64() * 1e3
     );
-    let rows = writer.finish();
+    let rows: BTreeSet<i64> = writer.finish().iter().map(|(n, _, _)| *n).collect();
     let missing = rows.difference(&written(&pgs[promoted])).count();
     println!("client: {} inserts acknowledged; {missing} of those acknowledged by the dead leader are missing on the new one (async mode)", rows.len());
     for s in &mut sidecars {
@@ -200,115 +198,15 @@ fn written(pg: &Instance) -> BTreeSet<i64> {
         .unwrap_or_default()
 }
 
-/// What the client saw: each acknowledged insert and when.
-#[derive(Default)]
-struct Seen {
-    /// The row's number, when, and on which node.
-    acks: Vec<(i64, Instant, usize)>,
-}
-
-struct Writer {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Seen>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(pgs: &[Instance]) -> Writer {
-        let targets: Vec<tokio_postgres::Config> = pgs
-            .iter()
-            .map(|pg| {
-                let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
-                config.user("app").application_name("bench client").connect_timeout(Duration::from_secs(1));
-                config
-            })
-            .collect();
-        let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Seen::default())));
-        let (stopping, seeing) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let (mut target, mut next) = (0usize, 1i64);
-                let mut client: Option<tokio_postgres::Client> = None;
-                while !stopping.load(Ordering::Relaxed) {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = match targets[target].connect(NoTls).await {
-                            Ok((c, connection)) => {
-                                tokio::spawn(connection);
-                                Some(c)
-                            }
-                            Err(_) => None,
-                        };
-                    }
-                    let note = format!("w{next}");
-                    let inserted = match &client {
-                        Some(c) => match c.execute("INSERT INTO orders (note) VALUES ($1)", &[&note]).await {
-                            Ok(_) => true,
-                            Err(e) => {
-                                if std::env::var_os("WALSHIP_BENCH_DEBUG").is_some() {
-                                    eprintln!(
-                                        "{:?} node {target}: {:?}",
-                                        std::time::SystemTime::now(),
-                                        e.as_db_error().map(|d| d.message())
-                                    );
-                                }
-                                false
-                            }
-                        },
-                        None => {
-                            if std::env::var_os("WALSHIP_BENCH_DEBUG").is_some() {
-                                eprintln!("{:?} node {target}: no connection", std::time::SystemTime::now());
-                            }
-                            false
-                        }
-                    };
-                    if inserted {
-                        seeing.lock().unwrap().acks.push((next, Instant::now(), target));
-                        next += 1;
-                    } else {
-                        client = None;
-                        target = (target + 1) % targets.len();
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            })
-        });
-        Writer { stop, seen, thread }
-    }
-
-    fn acknowledged(&self) -> usize {
-        self.seen.lock().unwrap().acks.len()
-    }
-
-    /// A point to measure pauses from.
-    fn mark(&self) -> usize {
-        self.acknowledged()
-    }
-
-    /// The longest gap between consecutive acknowledgements from the `mark`-th on, and the
-    /// nodes that acknowledged the inserts on either side of it.
-    fn longest_pause_since(&self, mark: usize) -> (Duration, usize, usize) {
-        let seen = self.seen.lock().unwrap();
-        let from = mark.saturating_sub(1);
-        seen.acks[from..].windows(2).map(|w| (w[1].1 - w[0].1, w[0].2, w[1].2)).max().unwrap_or_default()
-    }
-
-    /// Inserts acknowledged by `node` after `at`.
-    fn acked_on_since(&self, node: usize, at: Instant) -> usize {
-        self.seen.lock().unwrap().acks.iter().filter(|(_, t, n)| *t > at && *n == node).count()
-    }
-
-    fn first_ack_after(&self, at: Instant) -> Option<Instant> {
-        self.seen.lock().unwrap().acks.iter().map(|(_, t, _)| *t).find(|t| *t > at)
-    }
-
-    fn rows(&self) -> BTreeSet<i64> {
-        self.seen.lock().unwrap().acks.iter().map(|(n, _, _)| *n).collect()
-    }
-
-    fn finish(self) -> BTreeSet<i64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        self.seen.lock().unwrap().acks.iter().map(|(n, _, _)| *n).collect()
-    }
+/// The bench's client: an ordinary role (a fence keeps it out) inserting `wN` rows.
+fn start_writer(pgs: &[Instance]) -> Writer {
+    let targets = pgs
+        .iter()
+        .map(|pg| {
+            let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
+            config.user("app").application_name("bench client").connect_timeout(Duration::from_secs(1));
+            config
+        })
+        .collect();
+    Writer::start(targets, "INSERT INTO orders (note) VALUES ($1)").unwrap()
 }

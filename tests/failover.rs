@@ -12,6 +12,7 @@ use support::{http_get, http_post, wait_until, Sidecar, TEST_TOKEN};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use walship::localcluster;
+use walship::localcluster::client::Writer;
 use walship::localpg::{Instance, Options, StopMode};
 
 const LEADER_SCHEMA: &str = "CREATE ROLE app LOGIN;
@@ -206,71 +207,18 @@ fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leade
     assert!(!healthy.status.success());
 }
 
-/// A client that inserts rows one by one into whichever node takes them, as an application
-/// behind a router would; it records every insert the database acknowledged and the longest
-/// time it could not write.
-struct Writer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(Vec<i64>, Duration)>,
-}
-
-impl Writer {
-    fn start(pgs: &[Instance; 3]) -> Writer {
-        let targets: Vec<tokio_postgres::Config> = pgs
-            .iter()
-            .map(|pg| {
-                let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
-                config.user("app").application_name("a client").connect_timeout(Duration::from_secs(1));
-                config
-            })
-            .collect();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let (mut acknowledged, mut longest, mut last_ok) =
-                    (Vec::new(), Duration::ZERO, std::time::Instant::now());
-                let (mut target, mut next) = (0usize, 1i64);
-                let mut client: Option<tokio_postgres::Client> = None;
-                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = match targets[target].connect(NoTls).await {
-                            Ok((c, connection)) => {
-                                tokio::spawn(connection);
-                                Some(c)
-                            }
-                            Err(_) => None,
-                        };
-                    }
-                    let inserted = match &client {
-                        Some(c) => {
-                            c.execute("INSERT INTO orders (note) VALUES ($1)", &[&format!("w{next}")]).await.is_ok()
-                        }
-                        None => false,
-                    };
-                    if inserted {
-                        acknowledged.push(next);
-                        next += 1;
-                        longest = longest.max(last_ok.elapsed());
-                        last_ok = std::time::Instant::now();
-                    } else {
-                        // Refused (fenced) or gone: try the next node.
-                        client = None;
-                        target = (target + 1) % targets.len();
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-                (acknowledged, longest)
-            })
-        });
-        Writer { stop, thread }
-    }
-
-    fn finish(self) -> (Vec<i64>, Duration) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
+/// An ordinary client (a fence keeps it out) inserting `wN` rows into whichever node takes
+/// them.
+fn start_writer(pgs: &[Instance; 3]) -> Writer {
+    let targets = pgs
+        .iter()
+        .map(|pg| {
+            let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
+            config.user("app").application_name("a client").connect_timeout(Duration::from_secs(1));
+            config
+        })
+        .collect();
+    Writer::start(targets, "INSERT INTO orders (note) VALUES ($1)").unwrap()
 }
 
 /// The `wN` rows a node holds.
@@ -299,7 +247,7 @@ fn a_switchover_under_writes_loses_no_acknowledged_insert_and_can_be_switched_ba
         status(&a)["followers"].as_array().is_some_and(|f| f.iter().all(|f| f["connected"] == true))
     });
 
-    let writer = Writer::start(&pgs);
+    let writer = start_writer(&pgs);
     std::thread::sleep(Duration::from_millis(500));
     let to_b = switchover(&a, "b");
     assert_eq!((to_b["leader"].as_str(), to_b["term"].as_u64()), (Some("b"), Some(2)), "{to_b}");
@@ -308,7 +256,8 @@ fn a_switchover_under_writes_loses_no_acknowledged_insert_and_can_be_switched_ba
     wait_until(Duration::from_secs(30), "a to follow b", || {
         status(&a)["leader"] == "b" && status(&a)["role"] == "follower"
     });
-    let (acknowledged, pause) = writer.finish();
+    let (pause, _, _) = writer.longest_pause_since(0);
+    let acknowledged: Vec<i64> = writer.finish().iter().map(|(n, _, _)| *n).collect();
     assert!(acknowledged.len() > 10, "the client wrote only {} rows", acknowledged.len());
     let on_b = written(&pgs[1]);
     let missing: Vec<_> = acknowledged.iter().filter(|w| !on_b.contains(w)).collect();

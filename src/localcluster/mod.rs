@@ -11,11 +11,14 @@
 //! - [`Sidecar`]: a configuration and its files ([`SidecarFiles`]: where its data, log and
 //!   configuration go), started, killed (as a crash) and stopped (SIGTERM, then SIGKILL).
 //! - [`ErrorCheck`]: which ERROR lines its log may hold; tests fail on any other.
+//! - [`client::Writer`]: an application inserting rows into whichever node takes them, for
+//!   failover tests and benches; [`mesh`]: the sidecars of a cluster that know each other.
 //!
 //! Readiness is the caller's (a leader's slot, a follower's first apply); the leader's slot
 //! name is [`leader_slot`]. Everything here blocks: from async code call it inside
 //! `spawn_blocking`.
 
+pub mod client;
 mod config;
 mod process;
 mod sidecar;

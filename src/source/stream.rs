@@ -80,8 +80,8 @@ pub struct StatusSink {
 }
 
 /// What PostgreSQL may be told is flushed. Open (`async`): whatever the log made durable.
-/// Gated (`semi-sync`, `sync`): only what the leader's sync rule confirmed (see
-/// [`crate::source::sync`]), so that a committing client waits for its followers.
+/// Gated (`semi-sync`, `sync`): only what the leader's sync rule confirmed (the sync task,
+/// `source/sync.rs`), so that a committing client waits for its followers.
 #[derive(Debug, Default)]
 pub struct FlushGate {
     gated: AtomicBool,
