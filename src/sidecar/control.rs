@@ -603,14 +603,14 @@ impl Control {
     }
 
     /// What the leader's sync task reads (it runs in every mode: a reload may change it).
-    fn sync_inputs(&self, term: Term, first_index: Option<Index>) -> Option<source::sync::SyncInputs> {
+    fn sync_inputs(&self, term: Term, first_index: Option<Index>) -> source::sync::SyncInputs {
         let own_from = first_index.unwrap_or_else(|| {
             let log = self.log.lock().ok();
             let started = log.as_ref().and_then(|l| l.terms().starts().iter().rev().find(|s| s.term == term).copied());
             let next = log.as_ref().and_then(|l| l.last_written()).map_or(Index(1), |id| id.index.next());
             started.map_or(next, |s| s.first_index)
         });
-        Some(source::sync::SyncInputs {
+        source::sync::SyncInputs {
             policy: self.policy.subscribe(),
             peers: self.config.peers.iter().map(|p| p.node.clone()).collect(),
             followers: self.channels.followers.clone(),
@@ -618,7 +618,7 @@ impl Control {
             marks: self.channels.marks.clone(),
             own_from,
             state: self.channels.sync_state.clone(),
-        })
+        }
     }
 
     /// Stops the source once it logged everything PostgreSQL committed (PostgreSQL is

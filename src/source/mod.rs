@@ -110,7 +110,7 @@ pub async fn run_leader(
     durable_tx: watch::Sender<Durable>,
     marks: EntryMarks,
     ready: tokio::sync::oneshot::Sender<()>,
-    sync: Option<sync::SyncInputs>,
+    sync: sync::SyncInputs,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let span = info_span!("source", node = %config.node, term = %term);
@@ -145,13 +145,11 @@ pub async fn run_leader(
         let _ = ready.send(());
         let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
-        let sync_task = sync.map(|inputs| {
-            // In the synchronous modes PostgreSQL hears only of what the followers confirmed;
-            // what came before the consistent point came with the slot's snapshot.
-            sink.gate.confirm(leader.consistent_point);
-            let pg = sync::PgSession { config: config.postgres.clone(), application_name: application_name(&config) };
-            tokio::spawn(sync::run(inputs, sink.clone(), pg, cancel.child_token()))
-        });
+        // In the synchronous modes PostgreSQL hears only of what the followers confirmed; what
+        // came before the consistent point came with the slot's snapshot.
+        sink.gate.confirm(leader.consistent_point);
+        let pg = sync::PgSession { config: config.postgres.clone(), application_name: application_name(&config) };
+        let sync_task = tokio::spawn(sync::run(sync, sink.clone(), pg, cancel.child_token()));
         let durable_rx = durable_tx.subscribe();
         let writer_thread =
             Writer::spawn(log, durable, rx, sink.clone(), durable_tx, marks).map_err(SourceError::Thread)?;
@@ -167,9 +165,7 @@ pub async fn run_leader(
         let result = stream_with_retries(&config, &leader.slot, builder, &tx, durable_rx, &sink, &cancel).await;
         drop(tx);
         heartbeat.abort();
-        if let Some(task) = sync_task {
-            task.abort();
-        }
+        sync_task.abort();
         let written =
             tokio::task::spawn_blocking(move || writer_thread.join()).await.map_err(|_| SourceError::WriterGone)?;
         match written {
