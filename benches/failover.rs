@@ -200,13 +200,5 @@ fn written(pg: &Instance) -> BTreeSet<i64> {
 
 /// The bench's client: an ordinary role (a fence keeps it out) inserting `wN` rows.
 fn start_writer(pgs: &[Instance]) -> Writer {
-    let targets = pgs
-        .iter()
-        .map(|pg| {
-            let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
-            config.user("app").application_name("bench client").connect_timeout(Duration::from_secs(1));
-            config
-        })
-        .collect();
-    Writer::start(targets, "INSERT INTO orders (note) VALUES ($1)").unwrap()
+    Writer::to_instances(pgs, "app", "INSERT INTO orders (note) VALUES ($1)").unwrap()
 }

@@ -141,6 +141,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// A tokio runtime for one command (`multi_thread`: the sidecar's); `None` (said on stderr)
+/// when it cannot start.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| eprintln!("walship: cannot start the runtime: {e}")).ok()
+}
+
+/// The configuration file, or `None` (its error said on stderr; exit status 2).
+fn load_config(path: &std::path::Path) -> Option<walship::config::Config> {
+    walship::config::Config::load(path).map_err(|e| eprintln!("walship: {e}")).ok()
+}
+
 /// POSTs `path` with the token and prints the answer; fails unless it is 200.
 fn admin_write(what: &str, admin: &str, path: &str, token: &TokenArg) -> ExitCode {
     let token = match std::fs::read_to_string(&token.token_file) {
@@ -150,13 +166,7 @@ fn admin_write(what: &str, admin: &str, path: &str, token: &TokenArg) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("walship: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
     let timeout = walship::admin::control::ANSWER_TIMEOUT + std::time::Duration::from_secs(5);
     let request = walship::admin::client::request_within(admin, "POST", path, Some(&token), timeout);
     match runtime.block_on(request) {
@@ -176,13 +186,7 @@ fn admin_write(what: &str, admin: &str, path: &str, token: &TokenArg) -> ExitCod
 }
 
 fn status(admin: &str, json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("walship: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
     match runtime.block_on(walship::admin::client::status(admin)) {
         Ok(status) if json => match serde_json::to_string_pretty(&status) {
             Ok(text) => {
@@ -211,20 +215,8 @@ fn status(admin: &str, json: bool) -> ExitCode {
 }
 
 fn reseed(config_path: PathBuf) -> ExitCode {
-    let config = match walship::config::Config::load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("walship: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("walship: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(config) = load_config(&config_path) else { return ExitCode::from(2) };
+    let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
     match runtime.block_on(walship::reseed::reseed(&config)) {
         Ok(done) => {
             println!(
@@ -245,20 +237,8 @@ fn reseed(config_path: PathBuf) -> ExitCode {
 }
 
 fn run(config_path: PathBuf) -> ExitCode {
-    let config = match walship::config::Config::load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("walship: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("walship: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(config) = load_config(&config_path) else { return ExitCode::from(2) };
+    let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));

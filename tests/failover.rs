@@ -210,15 +210,7 @@ fn the_most_advanced_follower_is_promoted_the_third_follows_it_and_the_old_leade
 /// An ordinary client (a fence keeps it out) inserting `wN` rows into whichever node takes
 /// them.
 fn start_writer(pgs: &[Instance; 3]) -> Writer {
-    let targets = pgs
-        .iter()
-        .map(|pg| {
-            let mut config: tokio_postgres::Config = pg.conninfo("postgres").parse().unwrap();
-            config.user("app").application_name("a client").connect_timeout(Duration::from_secs(1));
-            config
-        })
-        .collect();
-    Writer::start(targets, "INSERT INTO orders (note) VALUES ($1)").unwrap()
+    Writer::to_instances(pgs, "app", "INSERT INTO orders (note) VALUES ($1)").unwrap()
 }
 
 /// The `wN` rows a node holds.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
+use crate::localpg::Instance;
+
 /// One acknowledged insert: the row's number, when its commit returned, the node's position in
 /// the targets.
 pub type Ack = (i64, Instant, usize);
@@ -29,6 +31,20 @@ impl Writer {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::spawn(move || rt.block_on(write(targets, insert, stopping, acked)));
         Ok(Writer { stop, acks, thread })
+    }
+
+    /// Starts writing as `user` to the `postgres` database of each of `pgs`.
+    pub fn to_instances(pgs: &[Instance], user: &str, insert: &'static str) -> std::io::Result<Writer> {
+        let targets = pgs
+            .iter()
+            .map(|pg| {
+                let mut config: tokio_postgres::Config =
+                    pg.conninfo("postgres").parse().map_err(std::io::Error::other)?;
+                config.user(user).application_name("a client").connect_timeout(Duration::from_secs(1));
+                Ok(config)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Writer::start(targets, insert)
     }
 
     pub fn acknowledged(&self) -> usize {
