@@ -179,7 +179,7 @@ async fn replay(
     };
     info!(after = ?position.map(|p| p.id), "replaying");
     backoff.reset();
-    let (mut records, tail) = crate::log::tail::spawn(reader, REPLAY_QUEUE_BATCHES);
+    let mut records = crate::log::tail::spawn(reader, REPLAY_QUEUE_BATCHES);
     let mut group = Group::default();
     let result = loop {
         let next = match group.next_step(&mut records).await {
@@ -205,8 +205,7 @@ async fn replay(
             }
         }
     };
-    drop(records);
-    let _ = tail.await;
+    records.close().await;
     result
 }
 

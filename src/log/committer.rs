@@ -9,9 +9,12 @@
 //!
 //! 1. Lock the log; append the first batch and whatever else is queued, up to
 //!    [`GROUP_COMMIT_BYTES`].
-//! 2. If the previous fsync was less than [`GROUP_COMMIT_WINDOW`] ago, unlock, sleep the rest
-//!    of the window, lock again and append what arrived meanwhile. Unlocking in the middle of a
-//!    group is safe: the log's readers (relay, replay, retention) are bounded by the *fsynced*
+//! 2. Under bulk load (the previous group was at least [`GROUP_COMMIT_BULK_BYTES`]) and if
+//!    the previous fsync was less than [`GROUP_COMMIT_WINDOW`] ago, unlock, sleep the rest of
+//!    the window, lock again and append what arrived meanwhile. Small groups (commits
+//!    arriving one by one, each perhaps waited for by a client in `semi-sync` or `sync`) go
+//!    to the fsync at once: they would pay the window in commit latency. Unlocking in the
+//!    middle of a group is safe: the log's readers (relay, replay, retention) are bounded by the *fsynced*
 //!    position, so they cannot see a record appended but not yet synced; and only this thread
 //!    appends.
 //! 3. `fsync` ([`Log::flush`]). An error ends the thread: nothing of the group is published.
@@ -45,9 +48,13 @@ pub const GROUP_COMMIT_BYTES: usize = 32 << 20;
 pub const LOG_ENTRIES_APPENDED_TOTAL: &str = "walship_log_entries_appended_total";
 pub const LOG_BYTES_APPENDED_TOTAL: &str = "walship_log_bytes_appended_total";
 
-/// Under sustained load, the writer lets this long pass between fsyncs so each one covers
-/// more; after an idle period it fsyncs at once.
+/// Under sustained bulk load, the writer lets this long pass between fsyncs so each one covers
+/// more; after an idle period, or while groups stay small, it fsyncs at once.
 pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+/// A group at least this large means bulk load: the next one waits for the window. Smaller
+/// groups are commits arriving one by one, for which the wait would be pure latency (each
+/// fsync is then also cheap, covering little).
+pub const GROUP_COMMIT_BULK_BYTES: usize = 8 << 10;
 
 /// A record to append: a chunk of a transaction too large to hold in memory, or a whole
 /// entry. The leader's entry builder makes them; a follower receives them from its leader.
@@ -157,7 +164,8 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
-        let mut last_flush: Option<Instant> = None;
+        // The end of the previous group, when it was a bulk one.
+        let mut last_bulk_flush: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
             // The steps of one group, as the module documentation numbers them.
             let shared = Arc::clone(&self.log);
@@ -165,8 +173,8 @@ impl Writer {
             // 1. What is queued now.
             let mut bytes = self.apply(&mut log, first)?;
             bytes += self.drain(&mut log, &mut rx, bytes)?;
-            // 2. Under sustained load, let the window fill; readers see only fsynced records.
-            if let Some(wait) = last_flush.and_then(|t| GROUP_COMMIT_WINDOW.checked_sub(t.elapsed())) {
+            // 2. Under bulk load, let the window fill; readers see only fsynced records.
+            if let Some(wait) = last_bulk_flush.and_then(|t| GROUP_COMMIT_WINDOW.checked_sub(t.elapsed())) {
                 drop(log);
                 std::thread::sleep(wait);
                 log = shared.lock().map_err(|_| LogError::Failed)?;
@@ -177,7 +185,7 @@ impl Writer {
             drop(log);
             metrics::counter!(LOG_ENTRIES_APPENDED_TOTAL).increment(self.unmarked.len() as u64);
             metrics::counter!(LOG_BYTES_APPENDED_TOTAL).increment(bytes as u64);
-            last_flush = Some(Instant::now());
+            last_bulk_flush = (bytes >= GROUP_COMMIT_BULK_BYTES).then(Instant::now);
             // 4. Publish, 5. report: only now is the group durable.
             for mark in self.unmarked.drain(..) {
                 self.marks.record(mark);

@@ -173,6 +173,10 @@ pub struct Serving {
 pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A follower acknowledges at least this often, changed or not.
 pub const ACK_INTERVAL: Duration = Duration::from_secs(1);
+/// A follower acknowledges a new `flushed` position at once (a committing client may wait for
+/// it); news of `received` or `applied` alone waits this long, so that it usually rides on
+/// the next `flushed` ack instead of costing the leader a message and a wake-up of its own.
+pub const ACK_COALESCE: Duration = Duration::from_millis(1);
 
 /// Turns TCP keepalive on for a relay socket, probing after a third of `timeout` idle, so the
 /// kernel also gives up on a peer that vanished. Best effort: a socket that refuses keeps the

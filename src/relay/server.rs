@@ -1,8 +1,9 @@
 //! The leader's relay server: one task per follower connection.
 //!
 //! A connection starts with the handshake; an accepted follower is streamed every log record
-//! from its next index on, read from the durable log (never from memory only) by a blocking
-//! tail thread, through a bounded queue, so a slow follower slows only its own tail. The
+//! from its next index on, read from the durable log (never from memory only) through its own
+//! [`Tail`] (a thread while it catches up, inline once it is caught up), so a slow follower
+//! slows only its own tail. The
 //! follower's acknowledgements update [`Followers`]; a [`LeaderStatus`] goes out every
 //! [`LEADER_STATUS_INTERVAL`] so an idle follower still learns where the log ends.
 
@@ -323,7 +324,7 @@ impl RelayServer {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let log_reader = self.log.lock().map_err(|_| LogError::Failed)?.reader(from)?;
-        let (mut rx, tail) = crate::log::tail::spawn(log_reader, RELAY_QUEUE_BATCHES);
+        let mut rx = crate::log::tail::spawn(log_reader, RELAY_QUEUE_BATCHES);
         let mut status = tokio::time::interval(LEADER_STATUS_INTERVAL);
         let mut heard = tokio::time::Instant::now();
         let result = loop {
@@ -363,8 +364,7 @@ impl RelayServer {
                 }
             }
         };
-        drop(rx);
-        let _ = tail.await;
+        rx.close().await;
         result
     }
 

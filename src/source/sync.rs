@@ -113,7 +113,8 @@ pub async fn run(inputs: SyncInputs, sink: SharedSink, pg: PgSession, cancel: Ca
             _ = cancel.cancelled() => return,
             _ = policy.changed() => {}
             changed = durable.changed() => if changed.is_err() { return },
-            _ = acks.changed() => {}
+            // In `async` mode acknowledgements decide nothing: no wake-up for each one.
+            _ = acks.changed(), if current.mode != Mode::Async => {}
             _ = tick.tick() => {}
         }
     }

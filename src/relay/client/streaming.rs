@@ -14,7 +14,7 @@ use crate::log::entry::EntryHeader;
 use crate::log::{Record, RecordKind};
 use crate::lsn::{EntryId, Index, Lsn};
 use crate::node::LeaderView;
-use crate::relay::{Ack, FrameReader, Message, ACK_INTERVAL};
+use crate::relay::{Ack, FrameReader, Message, ACK_COALESCE, ACK_INTERVAL};
 
 use super::connect::Connection;
 use super::{FollowError, LinkChannels};
@@ -46,8 +46,8 @@ pub(super) async fn stream(
     result
 }
 
-/// Receives until the stream ends. Acks go out when they change and at least every
-/// [`ACK_INTERVAL`]; a leader silent for `timeout`, or an ack it does not take in that time,
+/// Receives until the stream ends. An ack goes out as soon as `flushed` moves, within
+/// [`ACK_COALESCE`] of any other change, and at least every [`ACK_INTERVAL`]; a leader silent for `timeout`, or an ack it does not take in that time,
 /// ends the connection ([`FollowError::Idle`]).
 async fn receive(
     channels: &mut LinkChannels,
@@ -57,17 +57,26 @@ async fn receive(
 ) -> Result<(), FollowError> {
     let mut acked = Ack { received: None, flushed: None, applied: None, applied_lsn: Lsn::ZERO };
     let mut acked_at: Option<Instant> = None;
+    // Since when `received` or `applied` has news not yet acknowledged.
+    let mut pending: Option<Instant> = None;
     let mut heard = Instant::now();
     loop {
         let ack = ack(channels, received.last);
-        if ack != acked || acked_at.is_none_or(|at| at.elapsed() >= ACK_INTERVAL) {
+        let now = Instant::now();
+        pending = if ack == acked { None } else { pending.or(Some(now)) };
+        let due = ack.flushed != acked.flushed
+            || pending.is_some_and(|since| now >= since + ACK_COALESCE)
+            || acked_at.is_none_or(|at| now >= at + ACK_INTERVAL);
+        if due {
             let message = Message::Ack(ack);
             let sent = connection.writer.send(&message);
             tokio::time::timeout(timeout, sent).await.map_err(|_| FollowError::Idle(timeout))??;
             acked = ack;
-            acked_at = Some(Instant::now());
+            acked_at = Some(now);
+            pending = None;
         }
-        let next_ack = acked_at.map_or_else(Instant::now, |at| at + ACK_INTERVAL);
+        let keepalive = acked_at.map_or(now, |at| at + ACK_INTERVAL);
+        let next_ack = pending.map_or(keepalive, |since| keepalive.min(since + ACK_COALESCE));
         tokio::select! {
             _ = tokio::time::sleep_until(heard + timeout) => return Err(FollowError::Idle(timeout)),
             _ = tokio::time::sleep_until(next_ack) => {}
