@@ -215,3 +215,47 @@ fn a_sighup_switches_async_to_semi_sync_without_a_restart_and_a_broken_file_is_r
     waiting.recv_timeout(Duration::from_secs(30)).expect("the commit returns once the follower holds it");
     assert_eq!(leader.pid(), pid, "the sidecar restarted");
 }
+
+/// The other side of the semi-sync test above: in `async` mode a commit returns before any
+/// follower holds it, so the leader's death loses what its followers had not received. A
+/// follower that is away (here its sidecar killed) makes that window as wide as its absence:
+/// every commit acknowledged meanwhile is missing on the promoted follower, and every one
+/// acknowledged before it is there. With `semi-sync` the same load would have waited for the
+/// other follower (the test above); with `sync`, for this one.
+#[test]
+fn async_acknowledges_commits_a_promoted_follower_does_not_hold() {
+    let (_dir, leader_pg, follower_pg, mut leader, mut follower) = start_pair("");
+    insert_in_background(&leader_pg, 1).recv_timeout(Duration::from_secs(10)).unwrap();
+    wait_until(Duration::from_secs(30), "the follower to apply id 1", || {
+        follower_pg.psql("postgres", "SELECT count(*) FROM t WHERE id = 1").unwrap() == "1"
+    });
+    follower.kill();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = record_inserts(&leader_pg, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged.len() > 20, "commits returned without waiting for the follower: {}", acknowledged.len());
+    leader.kill();
+    let mut leader_pg = leader_pg;
+    leader_pg.stop(walship::localpg::StopMode::Immediate).unwrap();
+    follower.start();
+    wait_until(Duration::from_secs(30), "the follower's admin endpoint", || {
+        http_get(follower.admin_port, "/status").is_ok()
+    });
+
+    // Two nodes: with the leader dead no majority answers, so the operator forces it.
+    let (code, body) =
+        support::http_post(follower.admin_port, "/promote?force=true", Some(support::TEST_TOKEN)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    follower.wait_writable();
+    let ids: std::collections::BTreeSet<i32> = follower_pg
+        .psql("postgres", "SELECT id FROM t")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(ids.contains(&1), "a commit the follower held before the stall survives");
+    let lost: Vec<&i32> = acknowledged.iter().filter(|id| !ids.contains(id)).collect();
+    assert_eq!(lost.len(), acknowledged.len(), "the follower was away for all of them");
+}
