@@ -1,9 +1,13 @@
-//! The log committer: one thread that appends records and group-commits them, for the leader
-//! (records its source built) and for followers (records received from the leader).
+//! The log committer: appends records and group-commits them, for the leader (records its
+//! source built) and for followers (records received from the leader).
 //!
-//! Records come in batches through a bounded channel; the writer appends every batch waiting,
-//! fsyncs once, and only then publishes the new durable position. That position is what the
-//! leader reports to PostgreSQL as flushed and a follower acknowledges as `flushed`.
+//! [`Committer`] does one group: append, fsync once, and only then publish the new durable
+//! position. That position is what the leader reports to PostgreSQL as flushed and a follower
+//! acknowledges as `flushed`. The leader's streaming thread commits inline, right after each
+//! read of the replication socket (whatever arrived during the previous fsync makes the next
+//! group: no thread hand-off on a commit's path). A follower's records come from async code
+//! and go to a [`Writer`] thread through a bounded channel; it appends every batch waiting
+//! before it fsyncs.
 //!
 //! # Durability ordering of one group
 //!
@@ -136,7 +140,9 @@ impl Durable {
 /// The writer thread; joining it gives the error that stopped it, if any.
 pub type WriterThread = JoinHandle<Result<(), LogError>>;
 
-pub struct Writer {
+/// Commits groups of records to the log: the steps of the module documentation, on the
+/// caller's thread.
+pub struct Committer {
     log: Arc<Mutex<Log>>,
     durable: watch::Sender<Durable>,
     written_end: Lsn,
@@ -144,6 +150,50 @@ pub struct Writer {
     marks: EntryMarks,
     /// Entries appended since the last fsync, marked once it is done.
     unmarked: Vec<Mark>,
+}
+
+impl Committer {
+    /// Publishes `start` on `durable`, then each group's durable position after its fsync.
+    pub fn new(
+        log: Arc<Mutex<Log>>,
+        start: Durable,
+        listener: impl DurableListener,
+        durable: watch::Sender<Durable>,
+        marks: EntryMarks,
+    ) -> Committer {
+        durable.send_replace(start);
+        let listener = Box::new(listener);
+        Committer { log, durable, written_end: start.end_lsn, listener, marks, unmarked: Vec::new() }
+    }
+
+    /// Appends `cmd` and fsyncs it (steps 1, 3, 4 and 5, without a window). An error leaves
+    /// nothing of it published.
+    pub fn commit(&mut self, cmd: WriteCmd) -> Result<(), LogError> {
+        let shared = Arc::clone(&self.log);
+        let mut log = shared.lock().map_err(|_| LogError::Failed)?;
+        let bytes = self.apply(&mut log, cmd)?;
+        let last = log.flush()?;
+        drop(log);
+        self.publish(last, bytes);
+        Ok(())
+    }
+
+    /// Steps 4 and 5, after the fsync that made `last` durable.
+    fn publish(&mut self, last: Option<EntryId>, bytes: usize) {
+        metrics::counter!(LOG_ENTRIES_APPENDED_TOTAL).increment(self.unmarked.len() as u64);
+        metrics::counter!(LOG_BYTES_APPENDED_TOTAL).increment(bytes as u64);
+        for mark in self.unmarked.drain(..) {
+            self.marks.record(mark);
+        }
+        let durable = Durable { last, end_lsn: self.written_end };
+        self.durable.send_replace(durable);
+        self.listener.durable(durable);
+    }
+}
+
+/// A [`Committer`] on its own thread, fed through a channel.
+pub struct Writer {
+    committer: Committer,
 }
 
 impl Writer {
@@ -157,58 +207,57 @@ impl Writer {
         durable: watch::Sender<Durable>,
         marks: EntryMarks,
     ) -> std::io::Result<WriterThread> {
-        durable.send_replace(start);
-        let listener = Box::new(listener);
-        let writer = Writer { log, durable, written_end: start.end_lsn, listener, marks, unmarked: Vec::new() };
+        let writer = Writer { committer: Committer::new(log, start, listener, durable, marks) };
         std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
+        let this = &mut self.committer;
         // The end of the previous group, when it was a bulk one.
         let mut last_bulk_flush: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
             // The steps of one group, as the module documentation numbers them.
-            let shared = Arc::clone(&self.log);
+            let shared = Arc::clone(&this.log);
             let mut log = shared.lock().map_err(|_| LogError::Failed)?;
             // 1. What is queued now.
-            let mut bytes = self.apply(&mut log, first)?;
-            bytes += self.drain(&mut log, &mut rx, bytes)?;
+            let mut bytes = this.apply(&mut log, first)?;
+            bytes += Self::drain(this, &mut log, &mut rx, bytes)?;
             // 2. Under bulk load, let the window fill; readers see only fsynced records.
             if let Some(wait) = last_bulk_flush.and_then(|t| GROUP_COMMIT_WINDOW.checked_sub(t.elapsed())) {
                 drop(log);
                 std::thread::sleep(wait);
                 log = shared.lock().map_err(|_| LogError::Failed)?;
-                bytes += self.drain(&mut log, &mut rx, bytes)?;
+                bytes += Self::drain(this, &mut log, &mut rx, bytes)?;
             }
             // 3. The fsync; nothing below runs if it fails.
             let last = log.flush()?;
             drop(log);
-            metrics::counter!(LOG_ENTRIES_APPENDED_TOTAL).increment(self.unmarked.len() as u64);
-            metrics::counter!(LOG_BYTES_APPENDED_TOTAL).increment(bytes as u64);
             last_bulk_flush = (bytes >= GROUP_COMMIT_BULK_BYTES).then(Instant::now);
             // 4. Publish, 5. report: only now is the group durable.
-            for mark in self.unmarked.drain(..) {
-                self.marks.record(mark);
-            }
-            let durable = Durable { last, end_lsn: self.written_end };
-            self.durable.send_replace(durable);
-            self.listener.durable(durable);
+            this.publish(last, bytes);
         }
         Ok(())
     }
 
     /// Appends whatever else is queued, up to [`GROUP_COMMIT_BYTES`] in all.
-    fn drain(&mut self, log: &mut Log, rx: &mut mpsc::Receiver<WriteCmd>, mut bytes: usize) -> Result<usize, LogError> {
+    fn drain(
+        this: &mut Committer,
+        log: &mut Log,
+        rx: &mut mpsc::Receiver<WriteCmd>,
+        mut bytes: usize,
+    ) -> Result<usize, LogError> {
         let start = bytes;
         while bytes < GROUP_COMMIT_BYTES {
             match rx.try_recv() {
-                Ok(cmd) => bytes += self.apply(log, cmd)?,
+                Ok(cmd) => bytes += this.apply(log, cmd)?,
                 Err(_) => break,
             }
         }
         Ok(bytes - start)
     }
+}
 
+impl Committer {
     fn apply(&mut self, log: &mut Log, cmd: WriteCmd) -> Result<usize, LogError> {
         match cmd {
             WriteCmd::Records(records) => {

@@ -24,14 +24,14 @@ pub mod wire;
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
-use crate::log::committer::{self, Durable, WriteCmd, Writer};
+use crate::log::committer::{Committer, Durable, WriteCmd};
 use crate::log::entry::EntryError;
 use crate::log::marks::EntryMarks;
 use crate::log::{Log, LogError};
@@ -60,8 +60,6 @@ pub enum SourceError {
     WriterGone,
     #[error("entry {0} in the log: {1}")]
     Entry(EntryId, EntryError),
-    #[error("cannot start the log writer: {0}")]
-    Thread(std::io::Error),
     #[error("the streaming thread panicked")]
     StreamThread,
 }
@@ -87,7 +85,6 @@ impl SourceError {
             | SourceError::State(_)
             | SourceError::WriterGone
             | SourceError::Entry(..)
-            | SourceError::Thread(_)
             | SourceError::StreamThread => ErrorClass::Fatal,
         }
     }
@@ -143,7 +140,6 @@ pub async fn run_leader(
         let next_index = durable.last.map_or_else(|| log_first_or_one(&log), |last| Ok(last.index.next()))?;
         info!(next_index = %next_index, resume_lsn = %durable.end_lsn, slot = %leader.slot, "leader source starting");
         let _ = ready.send(());
-        let (tx, rx) = mpsc::channel(committer::WRITE_QUEUE_BATCHES);
         let sink = SharedSink::default();
         // In the synchronous modes PostgreSQL hears only of what the followers confirmed; what
         // came before the consistent point came with the slot's snapshot.
@@ -151,8 +147,7 @@ pub async fn run_leader(
         let pg = sync::PgSession { config: config.postgres.clone(), application_name: application_name(&config) };
         let sync_task = tokio::spawn(sync::run(sync, sink.clone(), pg, cancel.child_token()));
         let durable_rx = durable_tx.subscribe();
-        let writer_thread =
-            Writer::spawn(log, durable, rx, sink.clone(), durable_tx, marks).map_err(SourceError::Thread)?;
+        let committer = Committer::new(log, durable, sink.clone(), durable_tx, marks);
         let heartbeat = tokio::spawn(heartbeat::run(
             config.postgres.clone(),
             config.node.clone(),
@@ -162,17 +157,10 @@ pub async fn run_leader(
             cancel.child_token(),
         ));
         let builder = EntryBuilder::new(term, next_index, durable.end_lsn, config.source.spill_bytes);
-        let result = stream_with_retries(&config, &leader.slot, builder, &tx, durable_rx, &sink, &cancel).await;
-        drop(tx);
+        let result = stream_with_retries(&config, &leader.slot, builder, committer, durable_rx, &sink, &cancel).await;
         heartbeat.abort();
         sync_task.abort();
-        let written =
-            tokio::task::spawn_blocking(move || writer_thread.join()).await.map_err(|_| SourceError::WriterGone)?;
-        match written {
-            Ok(Ok(())) => result,
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(SourceError::WriterGone),
-        }
+        result
     }
     .instrument(span)
     .await
@@ -201,7 +189,7 @@ async fn stream_with_retries(
     config: &Config,
     slot: &str,
     mut builder: EntryBuilder,
-    writer: &mpsc::Sender<WriteCmd>,
+    mut committer: Committer,
     durable: watch::Receiver<Durable>,
     sink: &SharedSink,
     cancel: &CancellationToken,
@@ -213,20 +201,24 @@ async fn stream_with_retries(
             Ok(stream) => {
                 info!(start_lsn = %start, "streaming");
                 backoff.reset();
-                let (w, d, s, c) = (writer.clone(), durable.clone(), sink.clone(), cancel.clone());
+                let (d, s, c) = (durable.clone(), sink.clone(), cancel.clone());
                 let joined = tokio::task::spawn_blocking(move || {
-                    let result = tail::tail(stream, &mut builder, &w, d, &s, &c);
-                    (builder, result)
+                    let result = tail::tail(stream, &mut builder, &mut committer, d, &s, &c);
+                    (builder, committer, result)
                 })
                 .await
                 .map_err(|_| SourceError::StreamThread)?;
-                builder = joined.0;
-                joined.1
+                (builder, committer) = (joined.0, joined.1);
+                joined.2
             }
             Err(e) => Err(e),
         };
-        if builder.reset_stream() && writer.send(WriteCmd::DropUnfinished).await.is_err() {
-            return Err(SourceError::WriterGone);
+        if builder.reset_stream() {
+            // The stream broke inside a spilled transaction: its chunks go; it comes again.
+            committer =
+                tokio::task::spawn_blocking(move || committer.commit(WriteCmd::DropUnfinished).map(|()| committer))
+                    .await
+                    .map_err(|_| SourceError::StreamThread)??;
         }
         match result {
             Ok(()) => return Ok(()),

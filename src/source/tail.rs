@@ -1,18 +1,19 @@
-//! The streaming thread: read the replication stream, build records, hand them to the writer,
-//! and tell PostgreSQL what is durable.
+//! The streaming thread: read the replication stream, build records, commit them to the log
+//! (inline: whatever arrived during one fsync makes the next group), and tell PostgreSQL what
+//! is durable.
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::committer::Output;
-use crate::log::committer::{Durable, WriteCmd};
+use crate::log::committer::{Committer, Durable, WriteCmd};
 use crate::source::builder::EntryBuilder;
 use crate::source::stream::{CopyMessage, ReplStream, SharedSink, StatusSink};
 use crate::source::SourceError;
 
-/// Records gathered from the socket before they are handed to the writer.
+/// Records gathered from the socket before they are committed, at the latest.
 pub const BATCH_BYTES: usize = 4 << 20;
 /// Standby status is sent at least this often, well inside PostgreSQL's default 60 s
 /// `wal_sender_timeout`.
@@ -21,18 +22,18 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 pub const READ_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Streams until `cancel` or the connection fails. Runs on its own thread with blocking I/O.
-/// The log writer reports each fsync through `sink`; this thread answers keepalives and sends
-/// the periodic status.
+/// The committer reports each fsync through `sink`; this thread also answers keepalives and
+/// sends the periodic status.
 pub fn tail(
     mut stream: ReplStream,
     builder: &mut EntryBuilder,
-    writer: &mpsc::Sender<WriteCmd>,
+    committer: &mut Committer,
     durable: watch::Receiver<Durable>,
     sink: &SharedSink,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
     set_sink(sink, Some(stream.status_sink()?));
-    let result = stream_until_cancelled(&mut stream, builder, writer, durable, sink, cancel);
+    let result = stream_until_cancelled(&mut stream, builder, committer, durable, sink, cancel);
     set_sink(sink, None);
     if result.is_ok() {
         stream.close();
@@ -43,7 +44,7 @@ pub fn tail(
 fn stream_until_cancelled(
     stream: &mut ReplStream,
     builder: &mut EntryBuilder,
-    writer: &mpsc::Sender<WriteCmd>,
+    committer: &mut Committer,
     durable: watch::Receiver<Durable>,
     sink: &SharedSink,
     cancel: &CancellationToken,
@@ -57,16 +58,13 @@ fn stream_until_cancelled(
                 CopyMessage::XLogData { data, .. } => {
                     batch.push(builder, &data)?;
                     if batch.bytes >= BATCH_BYTES {
-                        batch.send(writer)?;
+                        batch.commit(committer)?;
                     }
                 }
                 CopyMessage::Keepalive { reply_requested: r, .. } => reply_requested |= r,
             }
         }
-        batch.send(writer)?;
-        if durable.has_changed().is_err() {
-            return Err(SourceError::WriterGone);
-        }
+        batch.commit(committer)?;
         if reply_requested || last_status.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL) {
             let flushed = sink.gate.allowed(durable.borrow().end_lsn);
             if let Some(s) = sink.status.lock().map_err(|_| SourceError::WriterGone)?.as_mut() {
@@ -101,12 +99,12 @@ impl Batch {
         Ok(())
     }
 
-    /// Hands the batch to the writer, waiting while its queue is full (backpressure).
-    fn send(&mut self, writer: &mpsc::Sender<WriteCmd>) -> Result<(), SourceError> {
+    /// Appends the batch and fsyncs it.
+    fn commit(&mut self, committer: &mut Committer) -> Result<(), SourceError> {
         if self.records.is_empty() {
             return Ok(());
         }
         self.bytes = 0;
-        writer.blocking_send(WriteCmd::Records(std::mem::take(&mut self.records))).map_err(|_| SourceError::WriterGone)
+        Ok(committer.commit(WriteCmd::Records(std::mem::take(&mut self.records)))?)
     }
 }
