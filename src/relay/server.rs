@@ -64,7 +64,7 @@ pub enum ServeError {
     Seed(#[from] SeedError),
     #[error("the log did not reach the snapshot's position {lsn} in time")]
     SeedBehind { lsn: Lsn },
-    #[error("the log tail thread stopped")]
+    #[error("the log tail ended: its writer is gone")]
     TailGone,
     #[error("heard nothing from the follower for {0:?} (relay.timeout)")]
     Idle(Duration),

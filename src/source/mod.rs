@@ -1,17 +1,19 @@
 //! The leader side: tail PostgreSQL's WAL through logical decoding into the durable log.
 //!
 //! ```text
-//! PostgreSQL --pgoutput--> stream (this task) --batches--> writer thread --fsync--> log
-//!     ^                                                          |
-//!     +------- standby status: flushed = durable end_lsn <--------+
+//! PostgreSQL --pgoutput--> streaming thread: read, build records, append, fsync --> log
+//!     ^                                                                  |
+//!     +------ standby status: flushed = durable end_lsn (gated by sync) <+
 //! ```
 //!
-//! The stream task reads the socket in large batches, turns messages into records
-//! ([`builder`]) and hands them to the [`writer`], which group-commits. The flush position sent
-//! to PostgreSQL is always the `end_lsn` of the last entry the writer fsynced. When the
-//! connection breaks the task reconnects with backoff and resumes just after the last entry it
-//! built; PostgreSQL resends from the slot's confirmed position and the builder skips what the
-//! log already has.
+//! The streaming thread ([`tail`]) reads the socket in large batches, turns messages into
+//! records ([`builder`]) and commits each read's records to the log itself
+//! ([`crate::log::committer::Committer`]): whatever arrives during one fsync is the next group.
+//! The flush position sent to PostgreSQL is always the `end_lsn` of the last entry fsynced
+//! (in `semi-sync` and `sync`, only as far as [`sync`] confirmed). When the connection breaks
+//! the task reconnects with backoff and resumes just after the last entry it built;
+//! PostgreSQL resends from the slot's confirmed position and the builder skips what the log
+//! already has.
 
 pub mod builder;
 pub mod conn;
