@@ -6,7 +6,7 @@
 //!     +------ standby status: flushed = durable end_lsn (gated by sync) <+
 //! ```
 //!
-//! The streaming thread ([`tail`]) reads the socket in large batches, turns messages into
+//! The streaming thread (`tail.rs`) reads the socket in large batches, turns messages into
 //! records ([`builder`]) and commits each read's records to the log itself
 //! ([`crate::log::committer::Committer`]): whatever arrives during one fsync is the next group.
 //! The flush position sent to PostgreSQL is always the `end_lsn` of the last entry fsynced
