@@ -45,6 +45,11 @@ use super::SidecarError;
 
 /// How often the machine hears the time.
 pub const TICK: Duration = Duration::from_millis(100);
+/// After news of the log's, replay's or the followers' progress, the loop lets this long pass
+/// before it looks at progress again, then takes the newest: under load those change with
+/// every commit, and a wake-up of this loop for each would cost every commit a context switch.
+/// Decisions wait at most this much longer for progress (a switchover's drain, a promotion).
+pub const PROGRESS_COALESCE: Duration = Duration::from_millis(5);
 /// How long stopping the source waits for it to log what PostgreSQL committed.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,7 +163,10 @@ impl Control {
         let mut durable = self.channels.durable.subscribe();
         let mut replayed = self.channels.applied.subscribe();
         let mut acked = self.channels.followers.subscribe();
+        // Set while progress news waits (PROGRESS_COALESCE).
+        let mut progress_quiet: Option<tokio::time::Instant> = None;
         let result = loop {
+            let progress = progress_quiet.is_none();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break Ok(()),
                 Some(input) = inputs.recv() => self.input(input).await?,
@@ -170,19 +178,25 @@ impl Control {
                     };
                     self.step(event).await?;
                 }
-                Ok(()) = durable.changed() => {
+                _ = tokio::time::sleep_until(progress_quiet.unwrap_or_else(tokio::time::Instant::now)), if !progress => {
+                    progress_quiet = None;
+                }
+                Ok(()) = durable.changed(), if progress => {
+                    progress_quiet = Some(tokio::time::Instant::now() + PROGRESS_COALESCE);
                     let last = durable.borrow_and_update().last;
                     if let Some(last) = last {
                         self.step(Event::LogAppended { last }).await?;
                     }
                 }
-                Ok(()) = replayed.changed() => {
+                Ok(()) = replayed.changed(), if progress => {
+                    progress_quiet = Some(tokio::time::Instant::now() + PROGRESS_COALESCE);
                     let applied = replayed.borrow_and_update().id;
                     if let Some(applied) = applied {
                         self.step(Event::ReplayCaughtUp { applied: applied.index }).await?;
                     }
                 }
-                Ok(()) = acked.changed() => {
+                Ok(()) = acked.changed(), if progress => {
+                    progress_quiet = Some(tokio::time::Instant::now() + PROGRESS_COALESCE);
                     acked.borrow_and_update();
                     self.followers_changed().await?;
                 }
