@@ -90,6 +90,8 @@ pub struct SourceSettings {
     pub heartbeat_interval: Duration,
     /// An open transaction larger than this is written to the log in chunks.
     pub spill_bytes: usize,
+    /// Published tables without a key get `REPLICA IDENTITY FULL` (now, and when created).
+    pub auto_replica_identity: bool,
 }
 
 /// Durable log settings (`[log]`).
@@ -168,6 +170,7 @@ struct RawSource {
     slot: Option<String>,
     heartbeat_interval: Option<String>,
     spill_bytes: Option<usize>,
+    auto_replica_identity: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -333,7 +336,8 @@ fn source_settings(node: &str, raw: RawSource) -> Result<SourceSettings, (&'stat
         return Err(("source.heartbeat_interval", "must be at least 10ms".into()));
     }
     let spill_bytes = raw.spill_bytes.unwrap_or(crate::source::builder::DEFAULT_SPILL_BYTES).max(64 << 10);
-    Ok(SourceSettings { publication, slot, heartbeat_interval, spill_bytes })
+    let auto_replica_identity = raw.auto_replica_identity.unwrap_or(true);
+    Ok(SourceSettings { publication, slot, heartbeat_interval, spill_bytes, auto_replica_identity })
 }
 
 fn check_name(name: &str) -> Result<(), String> {

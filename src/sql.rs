@@ -20,6 +20,24 @@ pub fn quote_ident(name: &str) -> String {
     quoted
 }
 
+/// An SQL string literal: single quotes, inner ones doubled (with `standard_conforming_strings`,
+/// PostgreSQL's default since 9.1, backslashes are ordinary characters).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A PostgreSQL error as an operator needs it: the server's message, SQLSTATE and detail
+/// (tokio-postgres's own text says only "db error" for those), else the client's error.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => error.to_string(),
+    }
+}
+
 /// `schema.name`, each part quoted.
 pub fn quote_qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))

@@ -58,7 +58,7 @@ pub(super) async fn schema_sql(pg: &tokio_postgres::Config, snapshot: &str) -> R
         return Err(SeedError::SchemaTooLarge { max: MAX_SCHEMA_BYTES });
     }
     let sql = String::from_utf8(out).map_err(|_| SeedError::SchemaNotUtf8)?;
-    Ok(strip_restrict(&sql))
+    Ok(strip_own_event_triggers(&strip_restrict(&sql)))
 }
 
 /// Connection settings for libpq, from the same configuration tokio-postgres uses. The
@@ -116,9 +116,49 @@ fn strip_restrict(dump: &str) -> String {
         .collect()
 }
 
+/// Drops the `CREATE EVENT TRIGGER` statements whose function is in walship's own schema (the
+/// leader's replica identity trigger, a fence's): pg_dump prints event triggers whatever
+/// schemas it leaves out, and the follower has no such function to run them with.
+fn strip_own_event_triggers(dump: &str) -> String {
+    let mut kept = String::with_capacity(dump.len());
+    let mut statement = String::new();
+    for line in dump.split_inclusive('\n') {
+        if statement.is_empty() && !line.starts_with("CREATE EVENT TRIGGER ") {
+            kept.push_str(line);
+            continue;
+        }
+        statement.push_str(line);
+        if line.trim_end().ends_with(';') {
+            let own = ["EXECUTE FUNCTION walship.", "EXECUTE PROCEDURE walship."].iter().any(|f| statement.contains(f));
+            if !own {
+                kept.push_str(&statement);
+            }
+            statement.clear();
+        }
+    }
+    kept.push_str(&statement);
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn walship_event_triggers_go_and_others_stay() {
+        let dump = "SET x = 1;\n\
+                    CREATE EVENT TRIGGER walship_replica_identity ON ddl_command_end\n\
+                    \x20        WHEN TAG IN ('CREATE TABLE')\n\
+                    \x20  EXECUTE FUNCTION walship.give_replica_identity();\n\
+                    CREATE EVENT TRIGGER audit ON ddl_command_end\n\
+                    \x20  EXECUTE FUNCTION public.audit();\n\
+                    CREATE TABLE t (id int);\n";
+        let expected = "SET x = 1;\n\
+                        CREATE EVENT TRIGGER audit ON ddl_command_end\n\
+                        \x20  EXECUTE FUNCTION public.audit();\n\
+                        CREATE TABLE t (id int);\n";
+        assert_eq!(strip_own_event_triggers(dump), expected);
+    }
 
     #[test]
     fn restrict_lines_go_and_nothing_else() {

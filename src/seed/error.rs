@@ -19,7 +19,7 @@ pub enum SeedError {
     },
 
     /// A statement on an ordinary connection failed (export reads, or the load).
-    #[error("seed: {what}: {source}")]
+    #[error("seed: {what}: {}", crate::sql::describe(source))]
     Postgres {
         what: &'static str,
         #[source]

@@ -175,6 +175,7 @@ async fn prepare(
 ) -> Result<crate::node::LeaderState, SourceError> {
     let client = crate::sql::connect(&config.postgres).await?;
     setup::ensure_publication(&client, &config.source.publication).await?;
+    setup::ensure_replica_identity(&client, &config.source.publication, config.source.auto_replica_identity).await?;
     let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
     let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, log_end).await?;
     // Before clients may write: a synchronous mode holds from the first commit.

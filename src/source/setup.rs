@@ -9,8 +9,7 @@ use crate::source::conn::{ReplConnection, SystemId};
 use crate::source::SourceError;
 use crate::sql::quote_ident;
 
-/// Creates the publication (all tables) when missing, and warns about published tables whose
-/// UPDATEs and DELETEs PostgreSQL would reject for lack of a replica identity.
+/// Creates the publication (all tables) when missing.
 pub async fn ensure_publication(client: &tokio_postgres::Client, publication: &str) -> Result<(), SourceError> {
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?.is_some();
     if !exists {
@@ -22,27 +21,145 @@ pub async fn ensure_publication(client: &tokio_postgres::Client, publication: &s
         client.batch_execute(&sql).await?;
         info!(publication, "created publication for all tables");
     }
-    let rows = client
-        .query(
-            "SELECT format('%I.%I', p.schemaname, p.tablename)
-               FROM pg_publication_tables p
-               JOIN pg_namespace n ON n.nspname = p.schemaname
-               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
-              WHERE p.pubname = $1
-                AND (c.relreplident = 'n'
-                     OR (c.relreplident = 'd' AND NOT EXISTS (
-                           SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
-              ORDER BY 1",
-            &[&publication],
-        )
-        .await?;
-    let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    if !tables.is_empty() {
+    Ok(())
+}
+
+/// The event trigger that gives tables created (or stripped of their key) later a replica
+/// identity, and its function.
+pub const IDENTITY_TRIGGER: &str = "walship_replica_identity";
+/// How long setting a table's replica identity may wait for its lock (`ALTER TABLE` takes an
+/// exclusive one) before walship gives up on that table until the next start.
+pub const IDENTITY_LOCK_TIMEOUT_MS: u64 = 2000;
+
+/// A published table without a usable replica identity: no primary key under the default
+/// identity, or an identity index that is gone. PostgreSQL refuses such a table's UPDATEs and
+/// DELETEs as soon as it is published. (`REPLICA IDENTITY NOTHING` set on purpose is left.)
+const KEYLESS: &str = "(c.relreplident = 'd' AND NOT EXISTS (
+                          SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+                    OR (c.relreplident = 'i' AND NOT EXISTS (
+                          SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))";
+
+/// walship must never break the leader's application: publishing a table without a key would
+/// make PostgreSQL refuse its UPDATEs and DELETEs. With `auto` (`[source]
+/// auto_replica_identity`, the default) every such published table gets `REPLICA IDENTITY
+/// FULL` now, and an event trigger does the same for tables created or altered later, in the
+/// statement's own transaction. Without it, walship only says which tables are exposed.
+/// Returns the tables changed now.
+pub async fn ensure_replica_identity(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    auto: bool,
+) -> Result<Vec<String>, SourceError> {
+    let keyless = format!(
+        "SELECT format('%I.%I', p.schemaname, p.tablename)
+           FROM pg_publication_tables p
+           JOIN pg_namespace n ON n.nspname = p.schemaname
+           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+          WHERE p.pubname = $1 AND ({KEYLESS})
+          ORDER BY 1"
+    );
+    let tables: Vec<String> = client.query(&keyless, &[&publication]).await?.iter().map(|r| r.get(0)).collect();
+    if !auto {
+        if !tables.is_empty() {
+            warn!(
+                tables = %tables.join(", "),
+                "published tables without a primary key or replica identity: PostgreSQL rejects their \
+                 UPDATEs and DELETEs; add a primary key or set REPLICA IDENTITY FULL / USING INDEX \
+                 (or let walship do it: source.auto_replica_identity = true)"
+            );
+        }
+        return drop_identity_trigger(client).await.map(|()| Vec::new());
+    }
+    if let Err(e) = install_identity_trigger(client, publication).await {
         warn!(
-            tables = %tables.join(", "),
-            "published tables without a primary key or replica identity: PostgreSQL will reject their \
-             UPDATEs and DELETEs; add a primary key or set REPLICA IDENTITY FULL / USING INDEX"
+            error = %e,
+            "cannot install the event trigger that gives new tables without a key REPLICA IDENTITY FULL \
+             (it needs a superuser): such tables will refuse UPDATEs and DELETEs until they get a key"
         );
+    }
+    let mut changed = Vec::new();
+    for table in tables {
+        // In replica mode: a fenced database's event trigger refuses DDL from other sessions.
+        let sql = format!(
+            "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = {IDENTITY_LOCK_TIMEOUT_MS}; \
+             ALTER TABLE {table} REPLICA IDENTITY FULL; COMMIT"
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => changed.push(table),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                warn!(
+                    table = %table, error = %e,
+                    "cannot give a table without a key REPLICA IDENTITY FULL; PostgreSQL refuses its UPDATEs \
+                     and DELETEs until it has one (walship tries again at its next start; or run \
+                     ALTER TABLE ... REPLICA IDENTITY FULL yourself)"
+                );
+            }
+        }
+    }
+    if !changed.is_empty() {
+        info!(
+            tables = %changed.join(", "),
+            "published tables without a key got REPLICA IDENTITY FULL, so that PostgreSQL takes their UPDATEs and \
+             DELETEs (each one logs the whole old row; add a primary key to avoid that)"
+        );
+    }
+    Ok(changed)
+}
+
+async fn install_identity_trigger(client: &tokio_postgres::Client, publication: &str) -> Result<(), SourceError> {
+    let publication = crate::sql::quote_literal(publication);
+    let function = format!(
+        "CREATE SCHEMA IF NOT EXISTS walship;
+         CREATE OR REPLACE FUNCTION walship.give_replica_identity() RETURNS event_trigger
+         LANGUAGE plpgsql AS $walship$
+         DECLARE
+             t regclass;
+         BEGIN
+             FOR t IN
+                 SELECT DISTINCT c.oid::regclass
+                   FROM pg_event_trigger_ddl_commands() d
+                   JOIN pg_class c ON c.oid = d.objid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE d.classid = 'pg_class'::regclass AND c.relkind = 'r'
+                    AND EXISTS (SELECT 1 FROM pg_publication_tables p
+                                 WHERE p.pubname = {publication}
+                                   AND p.schemaname = n.nspname AND p.tablename = c.relname)
+                    AND ({KEYLESS})
+             LOOP
+                 EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', t);
+                 RAISE LOG 'walship: % has no key: REPLICA IDENTITY FULL, so that it takes UPDATEs and DELETEs', t;
+             END LOOP;
+         END
+         $walship$;"
+    );
+    let exists = client.query_opt("SELECT 1 FROM pg_event_trigger WHERE evtname = $1", &[&IDENTITY_TRIGGER]).await?;
+    let trigger = if exists.is_some() {
+        String::new()
+    } else {
+        format!(
+            "CREATE EVENT TRIGGER {} ON ddl_command_end \
+             WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE') \
+             EXECUTE FUNCTION walship.give_replica_identity();",
+            quote_ident(IDENTITY_TRIGGER)
+        )
+    };
+    let sql = format!("BEGIN; SET LOCAL session_replication_role = replica; {function} {trigger} COMMIT");
+    if let Err(e) = client.batch_execute(&sql).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+async fn drop_identity_trigger(client: &tokio_postgres::Client) -> Result<(), SourceError> {
+    let sql = format!(
+        "BEGIN; SET LOCAL session_replication_role = replica; DROP EVENT TRIGGER IF EXISTS {}; COMMIT",
+        quote_ident(IDENTITY_TRIGGER)
+    );
+    if let Err(e) = client.batch_execute(&sql).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        warn!(error = %e, "cannot drop walship's replica identity event trigger");
     }
     Ok(())
 }
