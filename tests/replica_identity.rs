@@ -41,6 +41,8 @@ fn tables_without_a_key_take_updates_and_deletes_and_replicate_exactly() {
     });
     assert_eq!(identity(&leader_pg, "logs"), "f", "an existing table without a key gets REPLICA IDENTITY FULL");
     assert!(leader.log_text().contains("REPLICA IDENTITY FULL"), "the sidecar says so in its log");
+    let (_, status) = http_get(leader.admin_port, "/status").unwrap();
+    assert!(status.contains("\"replica_identity_full\":[\"public.logs\"]"), "and in /status: {status}");
 
     // On the fenced follower, as an administrator would (README: Fencing).
     let on_follower = format!("BEGIN READ WRITE; SET LOCAL session_replication_role = replica; {LATER}; COMMIT");

@@ -56,6 +56,10 @@ pub struct Status {
     /// followers, `degraded` while they are too slow and commits go on as in `async`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<String>,
+    /// On a leader: published tables without a key that it gave `REPLICA IDENTITY FULL` when
+    /// it started, so that PostgreSQL takes their UPDATEs and DELETEs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_identity_full: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +139,7 @@ impl Status {
             divergent_report: role.divergent_report.as_ref().map(|p| p.display().to_string()),
             peers: Vec::new(),
             sync: None,
+            replica_identity_full: Vec::new(),
         };
         match role.role {
             r if r.serves() => {
@@ -143,6 +148,7 @@ impl Status {
                     SyncState::Synchronous => Some("synchronous".to_owned()),
                     SyncState::Degraded => Some("degraded".to_owned()),
                 });
+                status.replica_identity_full = view.identity_full.borrow().clone();
                 let progress = view.followers.snapshot();
                 let followers = view
                     .peers

@@ -112,6 +112,8 @@ pub struct RoleChannels {
     pub replay_stopped: watch::Sender<Option<String>>,
     /// On a leader in `semi-sync` or `sync` mode: whether commits wait for followers.
     pub sync_state: watch::Sender<Option<SyncState>>,
+    /// On a leader: the tables without a key it gave `REPLICA IDENTITY FULL` at its start.
+    pub identity_full: watch::Sender<Vec<String>>,
 }
 
 /// The reading ends, for the admin API.
@@ -130,6 +132,7 @@ pub struct NodeView {
     pub seeding: watch::Receiver<Option<SeedProgress>>,
     pub replay_stopped: watch::Receiver<Option<String>>,
     pub sync_state: watch::Receiver<Option<SyncState>>,
+    pub identity_full: watch::Receiver<Vec<String>>,
 }
 
 impl NodeView {
@@ -147,6 +150,7 @@ impl NodeView {
         let (seeding_tx, seeding) = watch::channel(None);
         let (replay_stopped_tx, replay_stopped) = watch::channel(None);
         let (sync_state_tx, sync_state) = watch::channel(None);
+        let (identity_full_tx, identity_full) = watch::channel(Vec::new());
         let marks = EntryMarks::default();
         let followers = Followers::default();
         let view = NodeView {
@@ -163,6 +167,7 @@ impl NodeView {
             seeding,
             replay_stopped,
             sync_state,
+            identity_full,
         };
         let channels = RoleChannels {
             durable: durable_tx,
@@ -173,6 +178,7 @@ impl NodeView {
             seeding: seeding_tx,
             replay_stopped: replay_stopped_tx,
             sync_state: sync_state_tx,
+            identity_full: identity_full_tx,
         };
         (view, channels)
     }

@@ -607,6 +607,7 @@ impl Control {
             self.log.clone(),
             self.channels.durable.clone(),
             self.channels.marks.clone(),
+            self.channels.identity_full.clone(),
             ready_tx,
             sync,
             cancel.clone(),

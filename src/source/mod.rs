@@ -108,6 +108,7 @@ pub async fn run_leader(
     log: Arc<Mutex<Log>>,
     durable_tx: watch::Sender<Durable>,
     marks: EntryMarks,
+    identity_full: watch::Sender<Vec<String>>,
     ready: tokio::sync::oneshot::Sender<()>,
     sync: sync::SyncInputs,
     cancel: CancellationToken,
@@ -126,7 +127,7 @@ pub async fn run_leader(
         let mut backoff = Backoff::default();
         // First start: the publication and slot must exist before anything is streamed.
         let leader = loop {
-            match prepare(&config, &state, log_end).await {
+            match prepare(&config, &state, log_end, &identity_full).await {
                 Ok(leader) => break leader,
                 Err(e) => wait_or_fail(e, &mut backoff, &cancel).await?,
             }
@@ -172,10 +173,14 @@ async fn prepare(
     config: &Config,
     state: &SharedState,
     log_end: Option<Lsn>,
+    identity_full: &watch::Sender<Vec<String>>,
 ) -> Result<crate::node::LeaderState, SourceError> {
     let client = crate::sql::connect(&config.postgres).await?;
     setup::ensure_publication(&client, &config.source.publication).await?;
-    setup::ensure_replica_identity(&client, &config.source.publication, config.source.auto_replica_identity).await?;
+    let changed =
+        setup::ensure_replica_identity(&client, &config.source.publication, config.source.auto_replica_identity)
+            .await?;
+    identity_full.send_replace(changed);
     let mut repl = ReplConnection::connect(&config.postgres, &application_name(config)).await?;
     let leader = setup::ensure_slot(&mut repl, &client, state, &config.source, log_end).await?;
     // Before clients may write: a synchronous mode holds from the first commit.
