@@ -6,8 +6,9 @@
 //! acknowledges as `flushed`. The leader's streaming thread commits inline, right after each
 //! read of the replication socket (whatever arrived during the previous fsync makes the next
 //! group: no thread hand-off on a commit's path). A follower's records come from async code
-//! and go to a [`Writer`] thread through a bounded channel; it appends every batch waiting
-//! before it fsyncs.
+//! through a [`SharedWriter`]: a small batch is committed inline while fsyncs are cheap and
+//! nothing is queued; the rest goes to a [`Writer`] thread through a bounded channel, which
+//! appends every batch waiting before it fsyncs.
 //!
 //! # Durability ordering of one group
 //!
@@ -31,6 +32,7 @@
 //! and [`Durable::end_lsn`] advances only with a complete entry, never with the chunks of a
 //! transaction still being spilled, whose end is unknown until its entry record is written.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -191,9 +193,87 @@ impl Committer {
     }
 }
 
+/// A batch at most this large may be committed by its sender itself ([`SharedWriter`]).
+pub const INLINE_COMMIT_BYTES: usize = 256 << 10;
+/// ... while the last fsync took at most this long: where an fsync costs milliseconds (a
+/// real disk), the hand-off to the writer thread is small beside it, and the sender's runtime
+/// must not block that long.
+pub const INLINE_FSYNC_MAX: Duration = Duration::from_micros(500);
+
+/// What a [`Committer`] shared by a writer thread and its sender holds, and what they tell
+/// each other.
+#[derive(Clone)]
+struct Shared {
+    committer: Arc<Mutex<Committer>>,
+    /// Commands sent to the thread and not committed yet.
+    queued: Arc<AtomicUsize>,
+    /// How long the last fsync took, in microseconds.
+    fsync_micros: Arc<AtomicU64>,
+}
+
 /// A [`Committer`] on its own thread, fed through a channel.
 pub struct Writer {
-    committer: Committer,
+    shared: Shared,
+}
+
+/// A follower's way into its log. A small batch is committed inline by the caller when the
+/// writer thread has nothing queued and fsyncs are cheap: no hand-off to the thread and back
+/// on the way from the leader's records to the follower's `flushed` acknowledgement. Anything
+/// else (and every batch while one is queued, so that order holds) goes to the thread.
+#[derive(Clone)]
+pub struct SharedWriter {
+    shared: Shared,
+    tx: mpsc::Sender<WriteCmd>,
+}
+
+/// Why a [`SharedWriter`] could not take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the log writer stopped")]
+    Gone,
+    #[error("the log: {0}")]
+    Log(#[from] LogError),
+}
+
+impl SharedWriter {
+    /// Starts the writer thread and returns its sender (see [`Writer::spawn`]).
+    pub fn spawn(
+        log: Arc<Mutex<Log>>,
+        start: Durable,
+        listener: impl DurableListener,
+        durable: watch::Sender<Durable>,
+        marks: EntryMarks,
+        capacity: usize,
+    ) -> std::io::Result<(SharedWriter, WriterThread)> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Shared {
+            committer: Arc::new(Mutex::new(Committer::new(log, start, listener, durable, marks))),
+            queued: Arc::new(AtomicUsize::new(0)),
+            fsync_micros: Arc::new(AtomicU64::new(0)),
+        };
+        let thread = Writer { shared: shared.clone() }.start(rx)?;
+        Ok((SharedWriter { shared, tx }, thread))
+    }
+
+    /// Commits `cmd` inline, or queues it for the writer thread (waiting while its queue is
+    /// full). Inline, it is durable and published when this returns.
+    pub async fn write(&self, cmd: WriteCmd) -> Result<(), WriteError> {
+        let small = match &cmd {
+            WriteCmd::Records(records) => records.iter().map(Output::len).sum::<usize>() <= INLINE_COMMIT_BYTES,
+            WriteCmd::DropUnfinished => false,
+        };
+        let cheap = self.shared.fsync_micros.load(Ordering::Relaxed) <= INLINE_FSYNC_MAX.as_micros() as u64;
+        // Only this sender queues, so nothing can be queued between the check and the commit.
+        if small && cheap && self.shared.queued.load(Ordering::Acquire) == 0 {
+            let mut committer = self.shared.committer.lock().map_err(|_| WriteError::Gone)?;
+            let started = Instant::now();
+            committer.commit(cmd)?;
+            self.shared.fsync_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(cmd).await.map_err(|_| WriteError::Gone)
+    }
 }
 
 impl Writer {
@@ -207,34 +287,52 @@ impl Writer {
         durable: watch::Sender<Durable>,
         marks: EntryMarks,
     ) -> std::io::Result<WriterThread> {
-        let writer = Writer { committer: Committer::new(log, start, listener, durable, marks) };
-        std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || writer.run(rx))
+        let shared = Shared {
+            committer: Arc::new(Mutex::new(Committer::new(log, start, listener, durable, marks))),
+            queued: Arc::new(AtomicUsize::new(0)),
+            fsync_micros: Arc::new(AtomicU64::new(0)),
+        };
+        Writer { shared }.start(rx)
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
-        let this = &mut self.committer;
+    fn start(self, rx: mpsc::Receiver<WriteCmd>) -> std::io::Result<WriterThread> {
+        std::thread::Builder::new().name("walship-log-writer".into()).spawn(move || self.run(rx))
+    }
+
+    fn run(self, mut rx: mpsc::Receiver<WriteCmd>) -> Result<(), LogError> {
         // The end of the previous group, when it was a bulk one.
         let mut last_bulk_flush: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
+            // The committer is this thread's for the whole group: an inline commit waits.
+            let mut this = self.shared.committer.lock().map_err(|_| LogError::Failed)?;
+            let this = &mut *this;
             // The steps of one group, as the module documentation numbers them.
             let shared = Arc::clone(&this.log);
             let mut log = shared.lock().map_err(|_| LogError::Failed)?;
             // 1. What is queued now.
+            let mut commands = 1;
             let mut bytes = this.apply(&mut log, first)?;
-            bytes += Self::drain(this, &mut log, &mut rx, bytes)?;
+            bytes += Self::drain(this, &mut log, &mut rx, bytes, &mut commands)?;
             // 2. Under bulk load, let the window fill; readers see only fsynced records.
             if let Some(wait) = last_bulk_flush.and_then(|t| GROUP_COMMIT_WINDOW.checked_sub(t.elapsed())) {
                 drop(log);
                 std::thread::sleep(wait);
                 log = shared.lock().map_err(|_| LogError::Failed)?;
-                bytes += Self::drain(this, &mut log, &mut rx, bytes)?;
+                bytes += Self::drain(this, &mut log, &mut rx, bytes, &mut commands)?;
             }
             // 3. The fsync; nothing below runs if it fails.
+            let fsync_started = Instant::now();
             let last = log.flush()?;
             drop(log);
+            self.shared.fsync_micros.store(fsync_started.elapsed().as_micros() as u64, Ordering::Relaxed);
             last_bulk_flush = (bytes >= GROUP_COMMIT_BULK_BYTES).then(Instant::now);
             // 4. Publish, 5. report: only now is the group durable.
             this.publish(last, bytes);
+            // Saturating: a plain `Writer`'s sender does not count what it queues.
+            let _ = self
+                .shared
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(commands)));
         }
         Ok(())
     }
@@ -245,11 +343,15 @@ impl Writer {
         log: &mut Log,
         rx: &mut mpsc::Receiver<WriteCmd>,
         mut bytes: usize,
+        commands: &mut usize,
     ) -> Result<usize, LogError> {
         let start = bytes;
         while bytes < GROUP_COMMIT_BYTES {
             match rx.try_recv() {
-                Ok(cmd) => bytes += this.apply(log, cmd)?,
+                Ok(cmd) => {
+                    *commands += 1;
+                    bytes += this.apply(log, cmd)?;
+                }
                 Err(_) => break,
             }
         }

@@ -187,3 +187,44 @@ fn a_closed_queue_ends_the_writer_with_everything_on_disk_and_marked() {
     assert_eq!(reopened.last_written(), Some(id(200)));
     assert_eq!(Durable::of_log(&reopened).unwrap(), Durable { last: Some(id(200)), end_lsn: Lsn(20_000) });
 }
+
+/// A follower's writer: a small batch while nothing is queued is durable and published when
+/// `write` returns (inline); while fsyncs look expensive, batches go through the thread; a
+/// large one always does; the log ends in order either way, every report checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_writer_commits_small_batches_inline_and_keeps_order_with_its_thread() {
+    let h = Harness::new();
+    let listener = CheckingListener { seen: h.seen.clone(), log: h.log.clone(), published: h.durable.clone() };
+    let durable_tx = watch::channel(Durable::default()).0;
+    let mut durable = durable_tx.subscribe();
+    let listener = CheckingListener { published: durable.clone(), ..listener };
+    let (writer, thread) =
+        SharedWriter::spawn(h.log.clone(), Durable::default(), listener, durable_tx, h.marks.clone(), 4).unwrap();
+
+    writer.write(WriteCmd::Records(vec![entry(1, 100)])).await.unwrap();
+    assert_eq!(durable.borrow_and_update().last, Some(id(1)), "inline: durable on return");
+
+    // Pretend fsyncs cost milliseconds: the next batch goes to the thread.
+    writer.shared.fsync_micros.store(INLINE_FSYNC_MAX.as_micros() as u64 + 1, Ordering::Relaxed);
+    writer.write(WriteCmd::Records(vec![entry(2, 200)])).await.unwrap();
+    writer.shared.fsync_micros.store(0, Ordering::Relaxed);
+    // A large batch, and small ones right behind it: they wait their turn in the queue.
+    let big = Output::Chunk { id: id(3), payload: Bytes::from(vec![0u8; INLINE_COMMIT_BYTES + 1]) };
+    writer.write(WriteCmd::Records(vec![big, entry(3, 300)])).await.unwrap();
+    for i in 4..=20 {
+        writer.write(WriteCmd::Records(vec![entry(i, i * 100)])).await.unwrap();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait_for(|d| d.last == Some(id(20))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(durable.borrow().end_lsn, Lsn(2000));
+    drop(writer);
+    tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap().unwrap();
+    let mut reader = h.log.lock().unwrap().reader(Index(1)).unwrap();
+    let ids: Vec<u64> =
+        read_all(&mut reader).iter().filter(|r| matches!(r.kind, RecordKind::Entry)).map(|r| r.id.index.0).collect();
+    assert_eq!(ids, (1..=20).collect::<Vec<_>>());
+    let seen = h.seen.0.lock().unwrap();
+    assert!(seen.windows(2).all(|w| w[0].end_lsn <= w[1].end_lsn), "reports never go back: {seen:?}");
+}

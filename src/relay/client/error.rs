@@ -30,6 +30,8 @@ pub enum FollowError {
     Seed(#[from] SeedError),
     #[error("the log writer stopped")]
     WriterGone,
+    #[error("the log: {0}")]
+    Log(crate::log::LogError),
     #[error("heard nothing from the leader for {0:?} (relay.timeout)")]
     Idle(std::time::Duration),
     /// The leader does not hold this node's last entry: the logs branched. `terms` and `last`
@@ -38,6 +40,15 @@ pub enum FollowError {
     Diverged { leader: String, terms: Vec<TermStart>, last: Option<Index> },
     #[error("this node did not adopt leader {leader}'s term {term}")]
     TermNotAdopted { leader: String, term: crate::lsn::Term },
+}
+
+impl From<crate::log::committer::WriteError> for FollowError {
+    fn from(e: crate::log::committer::WriteError) -> Self {
+        match e {
+            crate::log::committer::WriteError::Gone => FollowError::WriterGone,
+            crate::log::committer::WriteError::Log(e) => FollowError::Log(e),
+        }
+    }
 }
 
 impl FollowError {
@@ -54,9 +65,10 @@ impl FollowError {
                 ErrorClass::Operator
             }
             FollowError::Seed(e) => e.class(),
-            FollowError::WriterGone | FollowError::Diverged { .. } | FollowError::TermNotAdopted { .. } => {
-                ErrorClass::Fatal
-            }
+            FollowError::WriterGone
+            | FollowError::Log(_)
+            | FollowError::Diverged { .. }
+            | FollowError::TermNotAdopted { .. } => ErrorClass::Fatal,
         }
     }
 }

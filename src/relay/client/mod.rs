@@ -36,7 +36,7 @@ use tracing::info;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Peer};
-use crate::log::committer::{Durable, WriteCmd};
+use crate::log::committer::{Durable, SharedWriter};
 use crate::lsn::{EntryId, Index, Lsn, Term};
 use crate::node::LeaderView;
 use crate::relay::{FollowerHandshake, HandshakeError, RefuseCode, Session, StreamStart};
@@ -87,8 +87,8 @@ impl LinkConfig {
 
 /// The tasks a link feeds and watches, by their channels.
 pub struct LinkChannels {
-    /// The log writer, which receives the records.
-    pub writer: mpsc::Sender<WriteCmd>,
+    /// The log writer, which receives the records (and commits small batches inline).
+    pub writer: SharedWriter,
     /// What the writer has fsynced: acknowledged as `flushed`.
     pub durable: watch::Receiver<Durable>,
     /// What replay has committed: acknowledged as `applied`.

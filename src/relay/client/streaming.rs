@@ -1,4 +1,5 @@
-//! Streaming: records from the leader, checked for order, go to the log writer in batches; acks
+//! Streaming: records from the leader, checked for order, go to the log writer in batches
+//! (a small one is committed inline, see [`crate::log::committer::SharedWriter`]); acks
 //! tell the leader what this node received, fsynced (the writer's durable position, never
 //! sooner) and applied.
 
@@ -40,8 +41,8 @@ pub(super) async fn stream(
         _ = cancel.cancelled() => Ok(()),
         r = receive(channels, connection, &mut received, timeout) => r,
     };
-    if received.open_entry && channels.writer.send(WriteCmd::DropUnfinished).await.is_err() {
-        return Err(FollowError::WriterGone);
+    if received.open_entry {
+        channels.writer.write(WriteCmd::DropUnfinished).await?;
     }
     result
 }
@@ -84,7 +85,7 @@ async fn receive(
                 heard = Instant::now();
                 let batch = received.gather(message?, &mut connection.reader, &channels.leader)?;
                 if !batch.records.is_empty() {
-                    channels.writer.send(WriteCmd::Records(batch.records)).await.map_err(|_| FollowError::WriterGone)?;
+                    channels.writer.write(WriteCmd::Records(batch.records)).await?;
                 }
             }
             changed = channels.durable.changed() => changed.map_err(|_| FollowError::WriterGone)?,
