@@ -86,15 +86,7 @@ fn main() {
              CREATE PUBLICATION native FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
         )
         .unwrap();
-    pgs[3]
-        .psql(
-            "postgres",
-            &format!(
-                "CREATE SUBSCRIPTION native CONNECTION '{a_conn}' PUBLICATION native \
-                 WITH (copy_data = false, synchronous_commit = 'on')"
-            ),
-        )
-        .unwrap();
+    subscribe(&pgs[3], "native", &a_conn);
     wait(TIMEOUT, "the subscription to stream", || {
         pgs[0]
             .psql("postgres", "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'native'")
@@ -109,15 +101,7 @@ fn main() {
     runs.push(pgbench(&pgs[0], "native sync", seconds, dir.path()));
 
     // Native semi-sync: a second subscriber, either one enough.
-    pgs[4]
-        .psql(
-            "postgres",
-            &format!(
-                "CREATE SUBSCRIPTION native_e CONNECTION '{a_conn}' PUBLICATION native \
-                 WITH (copy_data = false, synchronous_commit = 'on')"
-            ),
-        )
-        .unwrap();
+    subscribe(&pgs[4], "native_e", &a_conn);
     pgs[0]
         .psql(
             "postgres",
@@ -144,6 +128,16 @@ fn main() {
             r.tps / tps("native ANY 1 of 2")
         );
     }
+}
+
+/// A subscription `name` on `pg` to the publication `native` at `conninfo`, its apply worker
+/// with `synchronous_commit = on` so that its feedback is prompt.
+fn subscribe(pg: &Instance, name: &str, conninfo: &str) {
+    let sql = format!(
+        "CREATE SUBSCRIPTION {name} CONNECTION '{conninfo}' PUBLICATION native \
+         WITH (copy_data = false, synchronous_commit = 'on')"
+    );
+    pg.psql("postgres", &sql).unwrap();
 }
 
 /// One pgbench run with per-transaction logs; TPS and latency percentiles.

@@ -18,7 +18,7 @@ use crate::apply::{scheduler, AppliedPosition, Applier, ApplyError, ReplayError}
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ErrorClass;
-use crate::log::committer::{Durable, SharedWriter, WRITE_QUEUE_BATCHES};
+use crate::log::committer::{Committer, Durable, SharedWriter, WRITE_QUEUE_BATCHES};
 use crate::log::{Log, LogError};
 use crate::lsn::{EntryId, Index, Term};
 use crate::node::RoleChannels;
@@ -97,8 +97,8 @@ pub async fn run(
         let RoleChannels { durable: durable_tx, marks, applied: applied_tx, leader, seeding, replay_stopped, .. } =
             channels;
         let durable_rx = durable_tx.subscribe();
-        let (tx, writer) = SharedWriter::spawn(log.clone(), start, (), durable_tx, marks, WRITE_QUEUE_BATCHES)
-            .map_err(FollowerError::Thread)?;
+        let committer = Committer::new(log.clone(), start, (), durable_tx, marks);
+        let (tx, writer) = SharedWriter::spawn(committer, WRITE_QUEUE_BATCHES).map_err(FollowerError::Thread)?;
         let applied_rx = applied_tx.subscribe();
         let stop = cancel.child_token();
         let replay = spawn_replay(config.postgres.clone(), log, applied_tx, replay_stopped, stop.clone())

@@ -211,6 +211,16 @@ struct Shared {
     fsync_micros: Arc<AtomicU64>,
 }
 
+impl Shared {
+    fn new(committer: Committer) -> Shared {
+        Shared {
+            committer: Arc::new(Mutex::new(committer)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            fsync_micros: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
 /// A [`Committer`] on its own thread, fed through a channel.
 pub struct Writer {
     shared: Shared,
@@ -236,21 +246,11 @@ pub enum WriteError {
 }
 
 impl SharedWriter {
-    /// Starts the writer thread and returns its sender (see [`Writer::spawn`]).
-    pub fn spawn(
-        log: Arc<Mutex<Log>>,
-        start: Durable,
-        listener: impl DurableListener,
-        durable: watch::Sender<Durable>,
-        marks: EntryMarks,
-        capacity: usize,
-    ) -> std::io::Result<(SharedWriter, WriterThread)> {
+    /// Starts a writer thread for `committer` and returns its sender, whose queue holds
+    /// `capacity` commands (see [`Writer::spawn`]).
+    pub fn spawn(committer: Committer, capacity: usize) -> std::io::Result<(SharedWriter, WriterThread)> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let shared = Shared {
-            committer: Arc::new(Mutex::new(Committer::new(log, start, listener, durable, marks))),
-            queued: Arc::new(AtomicUsize::new(0)),
-            fsync_micros: Arc::new(AtomicU64::new(0)),
-        };
+        let shared = Shared::new(committer);
         let thread = Writer { shared: shared.clone() }.start(rx)?;
         Ok((SharedWriter { shared, tx }, thread))
     }
@@ -287,12 +287,7 @@ impl Writer {
         durable: watch::Sender<Durable>,
         marks: EntryMarks,
     ) -> std::io::Result<WriterThread> {
-        let shared = Shared {
-            committer: Arc::new(Mutex::new(Committer::new(log, start, listener, durable, marks))),
-            queued: Arc::new(AtomicUsize::new(0)),
-            fsync_micros: Arc::new(AtomicU64::new(0)),
-        };
-        Writer { shared }.start(rx)
+        Writer { shared: Shared::new(Committer::new(log, start, listener, durable, marks)) }.start(rx)
     }
 
     fn start(self, rx: mpsc::Receiver<WriteCmd>) -> std::io::Result<WriterThread> {

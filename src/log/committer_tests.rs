@@ -198,8 +198,8 @@ async fn a_shared_writer_commits_small_batches_inline_and_keeps_order_with_its_t
     let durable_tx = watch::channel(Durable::default()).0;
     let mut durable = durable_tx.subscribe();
     let listener = CheckingListener { published: durable.clone(), ..listener };
-    let (writer, thread) =
-        SharedWriter::spawn(h.log.clone(), Durable::default(), listener, durable_tx, h.marks.clone(), 4).unwrap();
+    let committer = Committer::new(h.log.clone(), Durable::default(), listener, durable_tx, h.marks.clone());
+    let (writer, thread) = SharedWriter::spawn(committer, 4).unwrap();
 
     writer.write(WriteCmd::Records(vec![entry(1, 100)])).await.unwrap();
     assert_eq!(durable.borrow_and_update().last, Some(id(1)), "inline: durable on return");
