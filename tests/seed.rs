@@ -414,3 +414,49 @@ fn schema_dump(pg: &Instance) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Seeding carries the leader's roles, owners and privileges: an application role that reads
+/// on the leader reads on the follower; a superuser of the leader is an ordinary role there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_owners_and_privileges_come_along_without_superuser() {
+    let (leader, follower) = (start(), start());
+    leader
+        .psql(
+            "postgres",
+            "CREATE ROLE app_owner NOLOGIN; CREATE ROLE app_reader LOGIN CONNECTION LIMIT 7; \
+             CREATE ROLE \"Ops Admin\" SUPERUSER LOGIN; CREATE ROLE readers NOLOGIN; GRANT readers TO app_reader; \
+             CREATE SCHEMA app AUTHORIZATION app_owner; \
+             CREATE TABLE app.items (id int PRIMARY KEY, name text); ALTER TABLE app.items OWNER TO app_owner; \
+             INSERT INTO app.items VALUES (1, 'one'), (2, 'two'); \
+             GRANT USAGE ON SCHEMA app TO readers; GRANT SELECT ON app.items TO readers; \
+             CREATE PUBLICATION walship FOR ALL TABLES;",
+        )
+        .unwrap();
+    let export = Export::begin(&config(&leader), PUBLICATION).await.unwrap();
+    let (exported, loaded) = seed(export, &config(&follower), Term(1), Some(Index(1))).await;
+    assert_eq!(exported, loaded);
+
+    let attributes = "SELECT rolname, rolsuper, rolcanlogin, rolconnlimit FROM pg_roles \
+                      WHERE rolname IN ('app_owner', 'app_reader', 'Ops Admin', 'readers') ORDER BY 1";
+    assert_eq!(
+        on(&follower, attributes),
+        "Ops Admin|f|t|-1\napp_owner|f|f|-1\napp_reader|f|t|7\nreaders|f|f|-1",
+        "every role, none a superuser"
+    );
+    assert_eq!(on(&follower, "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"), "app_owner");
+    let read = "SET ROLE app_reader; SELECT string_agg(name, ',' ORDER BY id) FROM app.items";
+    assert_eq!(on(&follower, read), on(&leader, read), "the application role reads on the follower");
+    let owners_and_grants = |pg: &Instance| {
+        let out =
+            pg.command("pg_dump").args(["--schema-only", "-N", "walship", "--no-publications", "postgres"]).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("OWNER TO") || l.starts_with("GRANT") || l.starts_with("REVOKE"))
+            .filter(|l| !l.contains("EVENT TRIGGER"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(owners_and_grants(&follower), owners_and_grants(&leader));
+}

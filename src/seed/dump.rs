@@ -20,12 +20,11 @@ const STDERR_KEEP_BYTES: usize = 8 << 10;
 const READ_BYTES: usize = 64 << 10;
 
 /// What is left out: walship's own schema, and what belongs to the leader's installation
-/// rather than to the data (roles, tablespaces, label providers, replication set-up).
+/// rather than to the data (tablespaces, label providers, replication set-up). Owners and
+/// privileges stay: the roles they name come first ([`super::roles`]).
 const DUMP_ARGS: &[&str] = &[
     "--schema-only",
     "--exclude-schema=walship",
-    "--no-owner",
-    "--no-privileges",
     "--no-publications",
     "--no-subscriptions",
     "--no-tablespaces",
@@ -116,22 +115,34 @@ fn strip_restrict(dump: &str) -> String {
         .collect()
 }
 
-/// Drops the `CREATE EVENT TRIGGER` statements whose function is in walship's own schema (the
-/// leader's replica identity trigger, a fence's): pg_dump prints event triggers whatever
-/// schemas it leaves out, and the follower has no such function to run them with.
+/// Drops the event triggers whose function is in walship's own schema (the leader's replica
+/// identity trigger, a fence's), with the statements that name them (`ALTER EVENT TRIGGER
+/// ... OWNER TO`): pg_dump prints event triggers whatever schemas it leaves out, and the
+/// follower has no such function to run them with.
 fn strip_own_event_triggers(dump: &str) -> String {
     let mut kept = String::with_capacity(dump.len());
+    let mut dropped: Vec<String> = Vec::new();
     let mut statement = String::new();
     for line in dump.split_inclusive('\n') {
-        if statement.is_empty() && !line.starts_with("CREATE EVENT TRIGGER ") {
+        let names_dropped = || {
+            dropped.iter().any(|name| {
+                ["ALTER EVENT TRIGGER ", "COMMENT ON EVENT TRIGGER "]
+                    .iter()
+                    .any(|verb| line.strip_prefix(verb).is_some_and(|rest| rest.starts_with(&format!("{name} "))))
+            })
+        };
+        if statement.is_empty() && !line.starts_with("CREATE EVENT TRIGGER ") && !names_dropped() {
             kept.push_str(line);
             continue;
         }
         statement.push_str(line);
         if line.trim_end().ends_with(';') {
             let own = ["EXECUTE FUNCTION walship.", "EXECUTE PROCEDURE walship."].iter().any(|f| statement.contains(f));
-            if !own {
-                kept.push_str(&statement);
+            let create = statement.strip_prefix("CREATE EVENT TRIGGER ");
+            match create.and_then(|rest| rest.split_whitespace().next()) {
+                Some(name) if own => dropped.push(name.to_owned()),
+                Some(_) => kept.push_str(&statement),
+                None => {} // a statement naming a dropped trigger
             }
             statement.clear();
         }
@@ -152,10 +163,13 @@ mod tests {
                     \x20  EXECUTE FUNCTION walship.give_replica_identity();\n\
                     CREATE EVENT TRIGGER audit ON ddl_command_end\n\
                     \x20  EXECUTE FUNCTION public.audit();\n\
+                    ALTER EVENT TRIGGER walship_replica_identity OWNER TO postgres;\n\
+                    ALTER EVENT TRIGGER audit OWNER TO postgres;\n\
                     CREATE TABLE t (id int);\n";
         let expected = "SET x = 1;\n\
                         CREATE EVENT TRIGGER audit ON ddl_command_end\n\
                         \x20  EXECUTE FUNCTION public.audit();\n\
+                        ALTER EVENT TRIGGER audit OWNER TO postgres;\n\
                         CREATE TABLE t (id int);\n";
         assert_eq!(strip_own_event_triggers(dump), expected);
     }

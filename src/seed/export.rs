@@ -83,9 +83,12 @@ impl Export {
             slot.snapshot_name.replace('\'', "''")
         );
         client.batch_execute(&import).await.map_err(pg("import the snapshot"))?;
+        let roles = super::roles::roles_sql(&client).await?;
         let dumped = dump::schema_sql(config, &slot.snapshot_name);
         let (dumped, ours) = tokio::join!(dumped, read_catalog(&client, publication));
-        let (mut schema, (tables, sequences)) = (dumped?, ours?);
+        let (dumped, (tables, sequences)) = (dumped?, ours?);
+        let mut schema = roles;
+        schema.push_str(&dumped);
         schema.push_str("\n-- sequence values when the export began\n");
         schema.push_str(&sequences);
         if schema.len() > MAX_SCHEMA_BYTES {

@@ -60,6 +60,7 @@ mod dump;
 mod error;
 mod export;
 mod load;
+mod roles;
 
 use std::time::{Duration, Instant};
 
