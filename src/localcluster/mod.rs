@@ -21,6 +21,7 @@
 pub mod client;
 mod config;
 mod process;
+pub mod proxy;
 mod sidecar;
 
 use std::fs;

@@ -73,6 +73,21 @@ impl Sidecar {
         Sidecar::new(dir, node, Role::Follower, pg, peers, extra)
     }
 
+    /// A follower of `leader` that reaches its relay on `relay_port` instead (a proxy's).
+    pub fn follower_via(
+        dir: &Path,
+        node: &str,
+        pg: &Instance,
+        leader: &Sidecar,
+        relay_port: u16,
+        extra: &str,
+    ) -> Sidecar {
+        let mut follower = Sidecar::new(dir, node, Role::Follower, pg, &[], extra);
+        follower.inner.config.peers = vec![localcluster::Peer { relay_port, ..leader.inner.as_peer() }];
+        follower.inner.write_config().unwrap();
+        follower
+    }
+
     fn new(dir: &Path, node: &str, role: Role, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
         let token_file = dir.join("token");
         let config = SidecarConfig {

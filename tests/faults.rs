@@ -1,0 +1,103 @@
+//! Network faults between a follower and its leader's relay, through a fault-injecting proxy
+//! (`localcluster::proxy`): latency, connections reset in the middle of a frame again and
+//! again, a black hole longer than the relay timeout, a bandwidth cap, and every connection
+//! reset at once, all while a client writes. Afterwards the follower holds exactly what the
+//! leader committed: nothing twice (a primary key would stop replay), nothing missing.
+
+#![allow(clippy::unwrap_used)] // a failed step is a failed test
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{http_get, two_instances, wait_until, Sidecar};
+use walship::localcluster::proxy::{Fault, FaultProxy};
+use walship::localpg::Instance;
+
+const SCHEMA: &str = "CREATE TABLE t (id int PRIMARY KEY, pad text)";
+const RELAY: &str = "[relay]\ntimeout = \"2s\"\n";
+
+fn connected(leader: &Sidecar) -> bool {
+    http_get(leader.admin_port, "/status").is_ok_and(|(_, body)| body.contains("\"connected\":true"))
+}
+
+/// Inserts rows one transaction each until `stop`; returns how many committed.
+fn write_until(pg: &Instance, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<i32> {
+    let conninfo = pg.conninfo("postgres");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let mut id = 0;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                client.execute("INSERT INTO t VALUES ($1, repeat('x', 300))", &[&id]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            id
+        })
+    })
+}
+
+fn fingerprint(pg: &Instance) -> String {
+    pg.psql(
+        "postgres",
+        "SELECT count(*), coalesce(sum(id), 0), md5(coalesce(string_agg(id::text || pad, ',' ORDER BY id), '')) FROM t",
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_follower_converges_exactly_after_every_kind_of_network_fault() {
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, RELAY);
+    let proxy = FaultProxy::start(([127, 0, 0, 1], leader.relay_port).into()).unwrap();
+    let mut follower = Sidecar::follower_via(&dir.path().join("b"), "b", &follower_pg, &leader, proxy.port(), RELAY);
+    // Reconnections and timeouts are what this test causes.
+    follower.expect_errors(&["relay", "leader", "connection", "timed out", "reset", "broken pipe"]);
+    leader.expect_errors(&["relay", "follower", "connection", "reset", "broken pipe"]);
+    leader.add_peer(&follower);
+    leader.start();
+    leader.wait_writable();
+    follower.start();
+    wait_until(Duration::from_secs(30), "the follower to connect", || connected(&leader));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_until(&leader_pg, stop.clone());
+    let faults = [
+        (Fault::Delay(Duration::from_millis(30)), Duration::from_secs(2)),
+        // An odd count: each connection is cut in the middle of a frame, again and again.
+        (Fault::CutAfter(30_011), Duration::from_secs(3)),
+        (Fault::Bandwidth(50_000), Duration::from_secs(2)),
+    ];
+    for (fault, how_long) in faults {
+        proxy.set(fault);
+        std::thread::sleep(how_long);
+    }
+    // Longer than the relay timeout: the leader must notice the silence and say so.
+    proxy.set(Fault::BlackHole);
+    let black_hole = Instant::now();
+    wait_until(Duration::from_secs(10), "the leader to show the black-holed follower disconnected", || {
+        !connected(&leader)
+    });
+    assert!(black_hole.elapsed() < Duration::from_secs(6), "noticed only after {:?}", black_hole.elapsed());
+    proxy.set(Fault::Pass);
+    proxy.reset_all();
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.reset_all();
+    stop.store(true, Ordering::Relaxed);
+    let committed = writer.join().unwrap();
+    assert!(committed > 100, "the client wrote only {committed} rows");
+
+    wait_until(Duration::from_secs(60), "the follower to hold exactly what the leader committed", || {
+        fingerprint(&follower_pg) == fingerprint(&leader_pg)
+    });
+    wait_until(Duration::from_secs(30), "the follower to connect again", || connected(&leader));
+    let connections = leader.log_text().matches("follower connected").count();
+    assert!(connections >= 4, "the faults broke the link only {} times", connections - 1);
+    assert_eq!(follower_pg.psql("postgres", "SELECT count(*) FROM t").unwrap(), committed.to_string());
+}
