@@ -101,3 +101,46 @@ fn a_follower_converges_exactly_after_every_kind_of_network_fault() {
     assert!(connections >= 4, "the faults broke the link only {} times", connections - 1);
     assert_eq!(follower_pg.psql("postgres", "SELECT count(*) FROM t").unwrap(), committed.to_string());
 }
+
+/// The same between the leader's sidecar and its PostgreSQL: the replication stream and the
+/// sidecar's SQL sessions are cut in the middle of messages again and again, slowed, and
+/// reset; the sidecar reconnects and resumes from its slot, and the follower ends with
+/// exactly the leader's rows.
+#[test]
+fn the_leader_rides_out_a_faulty_link_to_its_postgresql() {
+    let (leader_pg, follower_pg) = two_instances(SCHEMA);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], leader_pg.port()).into()).unwrap();
+    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, RELAY);
+    leader.postgres_via(&leader_pg, proxy.port());
+    let mut follower = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], RELAY);
+    leader.expect_errors(&["postgres", "PostgreSQL", "connection", "reset", "broken pipe", "stream", "closed"]);
+    leader.add_peer(&follower);
+    leader.start();
+    leader.wait_writable();
+    follower.start();
+    wait_until(Duration::from_secs(30), "the follower to connect", || connected(&leader));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = write_until(&leader_pg, stop.clone());
+    for (fault, how_long) in [
+        (Fault::CutAfter(50_021), Duration::from_secs(4)),
+        (Fault::Delay(Duration::from_millis(20)), Duration::from_secs(2)),
+        (Fault::Bandwidth(100_000), Duration::from_secs(2)),
+    ] {
+        proxy.set(fault);
+        std::thread::sleep(how_long);
+    }
+    proxy.set(Fault::Pass);
+    proxy.reset_all();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let committed = writer.join().unwrap();
+    assert!(committed > 100, "the client wrote only {committed} rows");
+
+    wait_until(Duration::from_secs(60), "the follower to hold exactly what the leader committed", || {
+        fingerprint(&follower_pg) == fingerprint(&leader_pg)
+    });
+    let streams = leader.log_text().matches("streaming start_lsn").count();
+    assert!(streams >= 3, "the faults broke the replication stream only {} times", streams - 1);
+}

@@ -88,6 +88,13 @@ impl Sidecar {
         follower
     }
 
+    /// Reaches PostgreSQL on `port` of 127.0.0.1 instead (a proxy's), as `pg`'s user.
+    pub fn postgres_via(&mut self, pg: &Instance, port: u16) {
+        let conninfo = pg.conninfo("postgres").replace(&format!("port={}", pg.port()), &format!("port={port}"));
+        self.inner.config.postgres = conninfo;
+        self.inner.write_config().unwrap();
+    }
+
     fn new(dir: &Path, node: &str, role: Role, pg: &Instance, peers: &[&Sidecar], extra: &str) -> Sidecar {
         let token_file = dir.join("token");
         let config = SidecarConfig {
