@@ -103,15 +103,17 @@ fn a_follower_converges_exactly_after_every_kind_of_network_fault() {
 }
 
 /// The same between the leader's sidecar and its PostgreSQL: the replication stream and the
-/// sidecar's SQL sessions are cut in the middle of messages again and again, slowed, and
-/// reset; the sidecar reconnects and resumes from its slot, and the follower ends with
-/// exactly the leader's rows.
+/// sidecar's SQL sessions are cut in the middle of messages again and again, slowed, black-
+/// holed (which only the source's silence timeout can notice) and reset; the sidecar
+/// reconnects and resumes from its slot, and the follower ends with exactly the leader's rows.
 #[test]
 fn the_leader_rides_out_a_faulty_link_to_its_postgresql() {
     let (leader_pg, follower_pg) = two_instances(SCHEMA);
     let dir = tempfile::tempdir().unwrap();
     let proxy = FaultProxy::start(([127, 0, 0, 1], leader_pg.port()).into()).unwrap();
-    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, RELAY);
+    // Heartbeats every 200 ms: a stream silent for 3 s is presumed dead.
+    let extra = format!("{RELAY}[source]\nheartbeat_interval = \"200ms\"\n");
+    let mut leader = Sidecar::leader(&dir.path().join("a"), "a", &leader_pg, &extra);
     leader.postgres_via(&leader_pg, proxy.port());
     let mut follower = Sidecar::follower(&dir.path().join("b"), "b", &follower_pg, &[&leader], RELAY);
     leader.expect_errors(&["postgres", "PostgreSQL", "connection", "reset", "broken pipe", "stream", "closed"]);
@@ -127,6 +129,8 @@ fn the_leader_rides_out_a_faulty_link_to_its_postgresql() {
         (Fault::CutAfter(50_021), Duration::from_secs(4)),
         (Fault::Delay(Duration::from_millis(20)), Duration::from_secs(2)),
         (Fault::Bandwidth(100_000), Duration::from_secs(2)),
+        // Silent, not closed: only the source's own silence timeout notices.
+        (Fault::BlackHole, Duration::from_secs(5)),
     ] {
         proxy.set(fault);
         std::thread::sleep(how_long);
@@ -141,6 +145,7 @@ fn the_leader_rides_out_a_faulty_link_to_its_postgresql() {
     wait_until(Duration::from_secs(60), "the follower to hold exactly what the leader committed", || {
         fingerprint(&follower_pg) == fingerprint(&leader_pg)
     });
+    assert!(leader.log_text().contains("nothing from PostgreSQL's replication stream"), "the black hole was noticed");
     let streams = leader.log_text().matches("streaming start_lsn").count();
     assert!(streams >= 3, "the faults broke the replication stream only {} times", streams - 1);
 }

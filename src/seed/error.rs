@@ -92,7 +92,7 @@ pub enum SeedError {
 impl SeedError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            SeedError::Replication { source, .. } => repl_class(source),
+            SeedError::Replication { source, .. } => source.class(),
             SeedError::Postgres { source, .. } | SeedError::Table { source, .. } => pg_class(source),
             SeedError::Apply(e) => e.class(),
             SeedError::Bindir(_)
@@ -110,15 +110,6 @@ impl SeedError {
             | SeedError::Totals { .. }
             | SeedError::Failed => ErrorClass::Fatal,
         }
-    }
-}
-
-fn repl_class(e: &ReplError) -> ErrorClass {
-    match e {
-        ReplError::Connect { .. } | ReplError::Io(_) | ReplError::Closed | ReplError::Timeout(_) => ErrorClass::Retry,
-        ReplError::Server { code, .. } => ErrorClass::of_sqlstate(code),
-        ReplError::Auth(_) | ReplError::Config(_) => ErrorClass::Operator,
-        ReplError::Protocol(_) | ReplError::TooLarge { .. } => ErrorClass::Retry,
     }
 }
 

@@ -69,14 +69,7 @@ pub enum SourceError {
 impl SourceError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            SourceError::Repl(e) => match e {
-                ReplError::Connect { .. } | ReplError::Io(_) | ReplError::Closed | ReplError::Timeout(_) => {
-                    ErrorClass::Retry
-                }
-                ReplError::Server { code, .. } => ErrorClass::of_sqlstate(code),
-                ReplError::Auth(_) | ReplError::Config(_) => ErrorClass::Operator,
-                ReplError::Protocol(_) | ReplError::TooLarge { .. } => ErrorClass::Retry,
-            },
+            SourceError::Repl(e) => e.class(),
             SourceError::Sql(e) => match e.code() {
                 Some(code) => ErrorClass::of_sqlstate(code.code()),
                 None => ErrorClass::Retry,
@@ -210,8 +203,10 @@ async fn stream_with_retries(
                 info!(start_lsn = %start, "streaming");
                 backoff.reset();
                 let (d, s, c) = (durable.clone(), sink.clone(), cancel.clone());
+                let heartbeat_interval = config.source.heartbeat_interval;
                 let joined = tokio::task::spawn_blocking(move || {
-                    let result = tail::tail(stream, &mut builder, &mut committer, d, &s, &c);
+                    let silence = tail::silence_timeout(heartbeat_interval);
+                    let result = tail::tail(stream, &mut builder, &mut committer, d, &s, &c, silence);
                     (builder, committer, result)
                 })
                 .await

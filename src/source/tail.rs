@@ -11,6 +11,7 @@ use crate::log::committer::Output;
 use crate::log::committer::{Committer, Durable, WriteCmd};
 use crate::source::builder::EntryBuilder;
 use crate::source::stream::{CopyMessage, ReplStream, SharedSink, StatusSink};
+use crate::source::wire::ReplError;
 use crate::source::SourceError;
 
 /// Records gathered from the socket before they are committed, at the latest.
@@ -20,6 +21,19 @@ pub const BATCH_BYTES: usize = 4 << 20;
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a read waits for data, bounding how late cancellation is noticed.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// The stream is presumed dead after this many heartbeat intervals without a byte...
+pub const SILENT_HEARTBEATS: u32 = 15;
+/// ... and never sooner than this.
+pub const MIN_SILENCE: Duration = Duration::from_secs(3);
+
+/// How long the stream may stay silent: the heartbeat task writes to the WAL every
+/// `heartbeat_interval`, so a healthy stream is never quiet for many of them. (PostgreSQL's
+/// own keepalives do not help: the walsender sends them only to a standby that stopped
+/// replying, and this one replies every second.) A black-holed link gives no error of its
+/// own: without this the source would wait on it for ever.
+pub fn silence_timeout(heartbeat_interval: Duration) -> Duration {
+    (heartbeat_interval * SILENT_HEARTBEATS).max(MIN_SILENCE)
+}
 
 /// Streams until `cancel` or the connection fails. Runs on its own thread with blocking I/O.
 /// The committer reports each fsync through `sink`; this thread also answers keepalives and
@@ -31,9 +45,10 @@ pub fn tail(
     durable: watch::Receiver<Durable>,
     sink: &SharedSink,
     cancel: &CancellationToken,
+    silence: Duration,
 ) -> Result<(), SourceError> {
     set_sink(sink, Some(stream.status_sink()?));
-    let result = stream_until_cancelled(&mut stream, builder, committer, durable, sink, cancel);
+    let result = stream_until_cancelled(&mut stream, builder, committer, durable, sink, cancel, silence);
     set_sink(sink, None);
     if result.is_ok() {
         stream.close();
@@ -48,9 +63,11 @@ fn stream_until_cancelled(
     durable: watch::Receiver<Durable>,
     sink: &SharedSink,
     cancel: &CancellationToken,
+    silence: Duration,
 ) -> Result<(), SourceError> {
     let mut batch = Batch::default();
     let mut last_status: Option<Instant> = None;
+    let mut heard = Instant::now();
     loop {
         let mut reply_requested = false;
         while let Some(message) = stream.try_next_copy()? {
@@ -75,7 +92,11 @@ fn stream_until_cancelled(
         if cancel.is_cancelled() {
             return Ok(());
         }
-        stream.fill(READ_TIMEOUT)?;
+        if stream.fill(READ_TIMEOUT)? > 0 {
+            heard = Instant::now();
+        } else if heard.elapsed() >= silence {
+            return Err(ReplError::Silent(heard.elapsed()).into());
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub enum ReplError {
     Closed,
     #[error("timed out connecting to PostgreSQL at {0}")]
     Timeout(String),
+    /// Nothing came for this long although the heartbeat writes to the WAL every
+    /// `source.heartbeat_interval`: the link (or the walsender) is presumed dead.
+    #[error("nothing from PostgreSQL's replication stream for {0:?}, although heartbeats are due far more often")]
+    Silent(std::time::Duration),
     #[error("PostgreSQL {severity} {code}: {message}")]
     Server { severity: String, code: String, message: String },
     #[error("authentication: {0}")]
@@ -36,6 +40,25 @@ pub enum ReplError {
     TooLarge { len: usize },
     #[error("connection settings: {0}")]
     Config(String),
+}
+
+impl ReplError {
+    /// A lost or silent connection, or a broken message, is retried; a refusal by the server
+    /// goes by its SQLSTATE; bad credentials or settings need an operator.
+    pub fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            ReplError::Connect { .. }
+            | ReplError::Io(_)
+            | ReplError::Closed
+            | ReplError::Timeout(_)
+            | ReplError::Silent(_)
+            | ReplError::Protocol(_)
+            | ReplError::TooLarge { .. } => ErrorClass::Retry,
+            ReplError::Server { code, .. } => ErrorClass::of_sqlstate(code),
+            ReplError::Auth(_) | ReplError::Config(_) => ErrorClass::Operator,
+        }
+    }
 }
 
 impl ReplError {
