@@ -13,6 +13,8 @@ pub mod error;
 pub mod fence;
 pub mod follower;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod localcluster;
 pub mod localpg;
