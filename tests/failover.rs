@@ -282,12 +282,7 @@ fn a_leader_cut_off_from_its_majority_fences_itself_and_leads_again_when_it_is_b
         pg.psql("postgres", LEADER_SCHEMA).unwrap();
     }
     let lease = "[failover]\nlease_timeout = \"2s\"\n";
-    let mut a = Sidecar::leader(&dir.path().join("a"), "a", &pgs[0], lease);
-    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &pgs[1], &[&a], lease);
-    let mut c = Sidecar::follower(&dir.path().join("c"), "c", &pgs[2], &[&a, &b], lease);
-    a.add_peer(&b);
-    a.add_peer(&c);
-    b.add_peer(&c);
+    let (mut a, mut b, mut c) = Sidecar::trio(dir.path(), &pgs, lease);
     // With the lease on, a leader leads only while a majority answers: b and c first.
     b.start();
     c.start();

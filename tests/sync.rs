@@ -131,12 +131,7 @@ fn semi_sync_survives_a_follower_down_and_a_promoted_follower_holds_every_acknow
     }
     let dir = tempfile::tempdir().unwrap();
     let extra = "[replication]\nmode = \"semi-sync\"\nsync_quorum = 1\nstrict = true\n";
-    let mut a = Sidecar::leader(&dir.path().join("a"), "a", &pgs[0], extra);
-    let mut b = Sidecar::follower(&dir.path().join("b"), "b", &pgs[1], &[&a], extra);
-    let mut c = Sidecar::follower(&dir.path().join("c"), "c", &pgs[2], &[&a, &b], extra);
-    a.add_peer(&b);
-    a.add_peer(&c);
-    b.add_peer(&c);
+    let (mut a, mut b, mut c) = Sidecar::trio(dir.path(), &pgs, extra);
     a.start();
     a.wait_writable();
     b.start();

@@ -127,6 +127,18 @@ impl Sidecar {
         }
     }
 
+    /// A leader `a` on `pgs[0]` and followers `b` and `c` on `pgs[1]` and `pgs[2]`, every one
+    /// a peer of the others, in `dir`, with `extra` in each configuration; not started.
+    pub fn trio(dir: &Path, pgs: &[Instance], extra: &str) -> (Sidecar, Sidecar, Sidecar) {
+        let mut a = Sidecar::leader(&dir.join("a"), "a", &pgs[0], extra);
+        let mut b = Sidecar::follower(&dir.join("b"), "b", &pgs[1], &[&a], extra);
+        let c = Sidecar::follower(&dir.join("c"), "c", &pgs[2], &[&a, &b], extra);
+        a.add_peer(&b);
+        a.add_peer(&c);
+        b.add_peer(&c);
+        (a, b, c)
+    }
+
     /// A leader `a` and a follower `b` that know each other, in `dir`, not started.
     pub fn pair(dir: &Path, leader_pg: &Instance, follower_pg: &Instance) -> (Sidecar, Sidecar) {
         let mut leader = Sidecar::leader(&dir.join("a"), "a", leader_pg, "");
