@@ -31,6 +31,7 @@ mod guardian;
 mod instance;
 mod os_user;
 mod postmaster;
+pub use postmaster::free_port;
 mod template;
 #[cfg(test)]
 mod tests;

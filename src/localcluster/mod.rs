@@ -26,7 +26,6 @@ mod sidecar;
 
 use std::fs;
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,8 +95,7 @@ pub fn start_instances(specs: Vec<(Option<PathBuf>, Options)>) -> Vec<Result<Ins
 /// A port free on loopback now; another process may take it before the sidecar binds it,
 /// which the sidecar then reports.
 pub fn free_port() -> Result<u16, LocalClusterError> {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr());
-    port.map(|addr| addr.port()).map_err(|source| LocalClusterError::Io {
+    crate::localpg::free_port().map_err(|source| LocalClusterError::Io {
         action: "find a free port on",
         path: "127.0.0.1".into(),
         source,

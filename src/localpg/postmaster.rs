@@ -95,8 +95,25 @@ pub(crate) fn port_taken(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err_and(|err| err.kind() == std::io::ErrorKind::AddrInUse)
 }
 
-/// A free port right now; it may be taken again before the server binds it.
-pub(crate) fn free_port() -> std::io::Result<u16> {
+/// A port free on 127.0.0.1 right now, for a server about to bind it. Chosen at random below
+/// the kernel's range for outgoing connections' ports (`ip_local_port_range`, 32768 and up by
+/// default): a port the kernel hands out itself (`bind` to 0) is also what any client
+/// connection of a parallel test may take as its source port before the server binds it.
+pub fn free_port() -> std::io::Result<u16> {
+    use rand::RngExt;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 11_000 {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let port = rng.random_range(10_000..ephemeral_low);
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
